@@ -1,0 +1,419 @@
+//! The XDP steering program (ebpf/xdp_steer.c): loading with aya, listener
+//! configuration, attachment through a bpf_link, per-queue socket binding,
+//! verdict statistics and BPF_PROG_TEST_RUN.
+//!
+//! The program detaches when this value is dropped, or when the process
+//! exits, since aya attaches through a bpf_link owned by this process.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsFd, AsRawFd},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, PerCpuArray, XskMap},
+    programs::{Xdp, XdpMode},
+};
+
+use crate::error::{Error, Result, chain, is_permission_denied};
+
+static PROGRAM_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_steer.o"));
+const PROGRAM_NAME: &str = "xdp_steer";
+const TARGETS_MAP: &str = "STEER_TARGETS";
+const SOCKETS_MAP: &str = "XSKS";
+const STATS_MAP: &str = "STEER_STATS";
+
+/// `struct steer_key` in the C program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SteerKey {
+    family: u8,
+    pad: u8,
+    port_be: u16,
+    addr: [u8; 16],
+}
+
+// SAFETY: plain old data with no padding (1 + 1 + 2 + 16 bytes).
+unsafe impl aya::Pod for SteerKey {}
+
+impl SteerKey {
+    fn new(family: u8, ip: Option<IpAddr>, port: u16) -> Self {
+        let mut addr = [0; 16];
+        match ip {
+            Some(IpAddr::V4(v4)) => addr[..4].copy_from_slice(&v4.octets()),
+            Some(IpAddr::V6(v6)) => addr = v6.octets(),
+            None => {}
+        }
+        Self {
+            family,
+            pad: 0,
+            port_be: port.to_be(),
+            addr,
+        }
+    }
+
+    /// The keys that make the program steer datagrams for `listen`: an
+    /// exact entry, or wildcard entries for an unspecified address (`[::]`
+    /// also covers IPv4, as a dual-stack socket does).
+    fn for_listener(listen: SocketAddr) -> Vec<Self> {
+        let port = listen.port();
+        match listen.ip() {
+            IpAddr::V4(v4) if v4.is_unspecified() => vec![Self::new(4, None, port)],
+            IpAddr::V6(v6) if v6.is_unspecified() => {
+                vec![Self::new(4, None, port), Self::new(6, None, port)]
+            }
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
+                vec![Self::new(4, v6.to_ipv4_mapped().map(IpAddr::V4), port)]
+            }
+            ip @ IpAddr::V4(_) => vec![Self::new(4, Some(ip), port)],
+            ip @ IpAddr::V6(_) => vec![Self::new(6, Some(ip), port)],
+        }
+    }
+}
+
+/// Why the program gave a frame its verdict (`enum steer_reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SteerReason {
+    Redirected = 0,
+    PassNoSocket = 1,
+    PassNotIp = 2,
+    PassNotUdp = 3,
+    PassFragment = 4,
+    PassMalformed = 5,
+    PassNoMatch = 6,
+}
+
+impl SteerReason {
+    pub const ALL: [SteerReason; 7] = [
+        Self::Redirected,
+        Self::PassNoSocket,
+        Self::PassNotIp,
+        Self::PassNotUdp,
+        Self::PassFragment,
+        Self::PassMalformed,
+        Self::PassNoMatch,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Redirected => "redirected",
+            Self::PassNoSocket => "pass_no_socket",
+            Self::PassNotIp => "pass_not_ip",
+            Self::PassNotUdp => "pass_not_udp",
+            Self::PassFragment => "pass_fragment",
+            Self::PassMalformed => "pass_malformed",
+            Self::PassNoMatch => "pass_no_match",
+        }
+    }
+}
+
+/// Verdict counts, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SteerStats([u64; SteerReason::ALL.len()]);
+
+impl SteerStats {
+    pub fn get(&self, reason: SteerReason) -> u64 {
+        self.0[reason as usize]
+    }
+
+    /// Counts accumulated since `earlier`.
+    pub fn since(&self, earlier: &SteerStats) -> SteerStats {
+        let mut out = *self;
+        for (o, e) in out.0.iter_mut().zip(earlier.0) {
+            *o = o.saturating_sub(e);
+        }
+        out
+    }
+}
+
+impl fmt::Display for SteerStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, reason) in SteerReason::ALL.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{}={}", reason.name(), self.get(*reason))?;
+        }
+        Ok(())
+    }
+}
+
+/// An XDP return code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAction {
+    Aborted,
+    Drop,
+    Pass,
+    Tx,
+    Redirect,
+    Other(u32),
+}
+
+impl From<u32> for XdpAction {
+    fn from(v: u32) -> Self {
+        match v {
+            0 => Self::Aborted,
+            1 => Self::Drop,
+            2 => Self::Pass,
+            3 => Self::Tx,
+            4 => Self::Redirect,
+            n => Self::Other(n),
+        }
+    }
+}
+
+/// Where the program runs: in the driver, or generically in the stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Native,
+    Generic,
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Native => "native",
+            Self::Generic => "generic (skb)",
+        })
+    }
+}
+
+/// Which attach modes to try, in order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachPreference {
+    /// Native, then generic if the driver refuses.
+    #[default]
+    Auto,
+    NativeOnly,
+    GenericOnly,
+}
+
+impl AttachPreference {
+    fn candidates(self) -> &'static [AttachMode] {
+        match self {
+            Self::Auto => &[AttachMode::Native, AttachMode::Generic],
+            Self::NativeOnly => &[AttachMode::Native],
+            Self::GenericOnly => &[AttachMode::Generic],
+        }
+    }
+}
+
+/// The loaded steering program and its maps.
+pub struct SteeringProgram {
+    ebpf: Ebpf,
+    attached: Option<(String, AttachMode)>,
+}
+
+impl fmt::Debug for SteeringProgram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SteeringProgram")
+            .field("attached", &self.attached)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SteeringProgram {
+    /// Loads the program into the kernel (verifier included) without
+    /// attaching it. `max_queues` sizes the socket map: rx queue indices
+    /// from 0 to `max_queues - 1` can be bound.
+    pub fn load(max_queues: u32) -> Result<Self> {
+        let permission = |e: &(dyn std::error::Error + 'static)| is_permission_denied(e);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(SOCKETS_MAP, max_queues.max(1))
+            .load(PROGRAM_OBJECT)
+            .map_err(|e| {
+                if permission(&e) {
+                    Error::NoPrivilege {
+                        context: "creating BPF maps",
+                        source: Box::new(e),
+                    }
+                } else {
+                    Error::Load(Box::new(e))
+                }
+            })?;
+        let prog = xdp_program(&mut ebpf)?;
+        prog.load().map_err(|e| {
+            if permission(&e) {
+                Error::NoPrivilege {
+                    context: "loading the XDP program",
+                    source: Box::new(e),
+                }
+            } else {
+                Error::Load(chain(&e).into())
+            }
+        })?;
+        Ok(Self {
+            ebpf,
+            attached: None,
+        })
+    }
+
+    /// Steers datagrams addressed to `listen` (address and port; an
+    /// unspecified address matches any).
+    pub fn add_listener(&mut self, listen: SocketAddr) -> Result<()> {
+        let mut targets: HashMap<_, SteerKey, u8> =
+            HashMap::try_from(self.ebpf.map_mut(TARGETS_MAP).expect("map in object"))
+                .map_err(|e| Error::Load(Box::new(e)))?;
+        for key in SteerKey::for_listener(listen) {
+            targets
+                .insert(key, 1, 0)
+                .map_err(|e| Error::Load(chain(&e).into()))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches to `interface`, trying the modes `preference` allows in
+    /// order; returns the mode that took. The errors of every refused mode
+    /// are reported if none does.
+    pub fn attach(&mut self, interface: &str, preference: AttachPreference) -> Result<AttachMode> {
+        if let Some((name, _)) = &self.attached {
+            return Err(Error::Config(format!(
+                "the steering program is already attached to `{name}`"
+            )));
+        }
+        let prog = xdp_program(&mut self.ebpf)?;
+        let mut refusals = Vec::new();
+        for &mode in preference.candidates() {
+            let flags = match mode {
+                AttachMode::Native => XdpMode::Driver,
+                AttachMode::Generic => XdpMode::Skb,
+            };
+            match prog.attach(interface, flags) {
+                Ok(_link) => {
+                    if !refusals.is_empty() {
+                        tracing::warn!(
+                            interface,
+                            %mode,
+                            refused = refusals.join("; "),
+                            "XDP attached in a fallback mode"
+                        );
+                    }
+                    self.attached = Some((interface.to_string(), mode));
+                    return Ok(mode);
+                }
+                Err(aya::programs::ProgramError::UnknownInterface { name }) => {
+                    return Err(Error::UnknownInterface(name));
+                }
+                Err(e) if is_permission_denied(&e) => {
+                    return Err(Error::NoPrivilege {
+                        context: "attaching the XDP program",
+                        source: Box::new(e),
+                    });
+                }
+                Err(e) => refusals.push(format!("{mode}: {}", chain(&e))),
+            }
+        }
+        Err(Error::Attach {
+            interface: interface.to_string(),
+            reason: refusals.join("; "),
+        })
+    }
+
+    /// The interface and mode the program is attached with, if any.
+    pub fn attachment(&self) -> Option<(&str, AttachMode)> {
+        self.attached.as_ref().map(|(i, m)| (i.as_str(), *m))
+    }
+
+    /// Routes datagrams received on rx `queue` to the AF_XDP socket `fd`.
+    pub fn bind_socket(&mut self, queue: u32, fd: impl AsRawFd) -> Result<()> {
+        let mut sockets = self.sockets_map()?;
+        sockets
+            .set(queue, fd, 0)
+            .map_err(|e| Error::Load(format!("binding queue {queue}: {}", chain(&e)).into()))
+    }
+
+    /// Stops routing rx `queue` to a socket: its traffic goes to the kernel.
+    pub fn unbind_socket(&mut self, queue: u32) -> Result<()> {
+        let mut sockets = self.sockets_map()?;
+        match sockets.unset(queue) {
+            Ok(()) => Ok(()),
+            // Not bound: nothing to undo.
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(Error::Load(
+                format!("unbinding queue {queue}: {}", chain(&e)).into(),
+            )),
+        }
+    }
+
+    fn sockets_map(&mut self) -> Result<XskMap<&mut aya::maps::MapData>> {
+        XskMap::try_from(self.ebpf.map_mut(SOCKETS_MAP).expect("map in object"))
+            .map_err(|e| Error::Load(Box::new(e)))
+    }
+
+    /// Verdict counts since the program was loaded.
+    pub fn stats(&self) -> Result<SteerStats> {
+        let stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(STATS_MAP).expect("map in object"))
+                .map_err(|e| Error::Load(Box::new(e)))?;
+        let mut out = SteerStats::default();
+        for reason in SteerReason::ALL {
+            let per_cpu = stats
+                .get(&(reason as u32), 0)
+                .map_err(|e| Error::Load(Box::new(e)))?;
+            out.0[reason as usize] = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Runs the program once on `frame` in the kernel (BPF_PROG_TEST_RUN)
+    /// and returns its verdict. Nothing is sent or redirected.
+    pub fn test_run(&self, frame: &[u8]) -> Result<XdpAction> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .expect("program in object")
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| Error::Load(Box::new(e)))?;
+        let fd = prog.fd().map_err(|e| Error::Load(Box::new(e)))?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = libbpf_sys::bpf_test_run_opts {
+            sz: size_of::<libbpf_sys::bpf_test_run_opts>() as _,
+            data_in: frame.as_ptr().cast(),
+            data_size_in: frame.len() as u32,
+            data_out: out.as_mut_ptr().cast(),
+            data_size_out: out.len() as u32,
+            repeat: 1,
+            ..Default::default()
+        };
+        // SAFETY: the buffers outlive the call and their sizes are given.
+        let rc = unsafe { libbpf_sys::bpf_prog_test_run_opts(fd.as_fd().as_raw_fd(), &mut opts) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(-rc).into());
+        }
+        Ok(XdpAction::from(opts.retval))
+    }
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    ebpf.program_mut(PROGRAM_NAME)
+        .expect("program in object")
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| Error::Load(Box::new(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listener_keys() {
+        let keys = SteerKey::for_listener("[::]:4433".parse().unwrap());
+        assert_eq!(keys.len(), 2);
+        assert!(
+            keys.iter()
+                .all(|k| k.addr == [0; 16] && k.port_be == 4433u16.to_be())
+        );
+        let keys = SteerKey::for_listener("10.0.0.2:443".parse().unwrap());
+        assert_eq!(
+            keys,
+            vec![SteerKey::new(4, Some("10.0.0.2".parse().unwrap()), 443)]
+        );
+        assert_eq!(&keys[0].addr[..4], &[10, 0, 0, 2]);
+        let keys = SteerKey::for_listener("[::ffff:10.0.0.2]:443".parse().unwrap());
+        assert_eq!(keys[0].family, 4);
+        assert_eq!(size_of::<SteerKey>(), 20);
+    }
+}

@@ -1,0 +1,278 @@
+//! The XDP program's verdict on crafted frames, run in the kernel with
+//! BPF_PROG_TEST_RUN. Each case asserts the return code and that exactly
+//! the expected reason counter moved.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use datapath::{
+    program::{SteerReason, SteeringProgram, XdpAction},
+    wire::{FrameRoute, MAX_HEADER_LEN, emit_udp_headers},
+};
+use smoltcp::wire::{EthernetAddress, Ipv4Packet};
+
+const PORT: u16 = 4433;
+
+fn udp_frame(src: &str, dst: &str, vlan: Option<u16>, payload: &[u8]) -> Vec<u8> {
+    let route = FrameRoute {
+        src_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+        dst_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
+        vlan,
+    };
+    let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+    let mut hdr = [0u8; MAX_HEADER_LEN];
+    let n = emit_udp_headers(&mut hdr, &route, src, dst, None, payload);
+    let mut f = hdr[..n].to_vec();
+    f.extend_from_slice(payload);
+    f
+}
+
+fn v4(dst_port: u16) -> Vec<u8> {
+    udp_frame(
+        "10.1.0.1:50000",
+        &format!("10.1.0.2:{dst_port}"),
+        None,
+        b"quic",
+    )
+}
+
+fn edit_ipv4(mut f: Vec<u8>, edit: impl Fn(&mut Ipv4Packet<&mut [u8]>)) -> Vec<u8> {
+    let mut ip = Ipv4Packet::new_unchecked(&mut f[14..]);
+    edit(&mut ip);
+    ip.fill_checksum();
+    f
+}
+
+fn assert_verdict(
+    prog: &SteeringProgram,
+    name: &str,
+    frame: &[u8],
+    action: XdpAction,
+    reason: SteerReason,
+) {
+    let before = prog.stats().unwrap();
+    let got = prog.test_run(frame).unwrap();
+    let delta = prog.stats().unwrap().since(&before);
+    assert_eq!(got, action, "{name}: verdict");
+    for r in SteerReason::ALL {
+        let want = u64::from(r == reason);
+        assert_eq!(
+            delta.get(r),
+            want,
+            "{name}: counter {} (all: {delta})",
+            r.name()
+        );
+    }
+}
+
+fn any_address_program() -> SteeringProgram {
+    let mut prog = SteeringProgram::load(4).unwrap();
+    prog.add_listener(format!("[::]:{PORT}").parse().unwrap())
+        .unwrap();
+    prog
+}
+
+#[test]
+fn quic_datagrams_match_and_fall_back_to_pass_without_a_socket() {
+    if !support::privileged() {
+        return;
+    }
+    let prog = any_address_program();
+    use SteerReason::*;
+    use XdpAction::Pass;
+    // With no socket in the map the redirect falls back to XDP_PASS.
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("ipv4", v4(PORT)),
+        (
+            "ipv6",
+            udp_frame(
+                "[fd01::1]:50000",
+                &format!("[fd01::2]:{PORT}"),
+                None,
+                b"quic",
+            ),
+        ),
+        (
+            "vlan ipv4",
+            udp_frame("10.1.0.1:1", &format!("10.1.0.2:{PORT}"), Some(7), b"q"),
+        ),
+        (
+            "vlan ipv6",
+            udp_frame("[fd01::1]:1", &format!("[fd01::2]:{PORT}"), Some(7), b"q"),
+        ),
+        (
+            "empty payload",
+            udp_frame("10.1.0.1:1", &format!("10.1.0.2:{PORT}"), None, b""),
+        ),
+        ("ethernet padding", {
+            let mut f = udp_frame("10.1.0.1:1", &format!("10.1.0.2:{PORT}"), None, b"");
+            f.resize(60, 0);
+            f
+        }),
+        ("ipv4 options", {
+            let f = v4(PORT);
+            let mut g = f[..34].to_vec();
+            g.extend_from_slice(&[1, 1, 1, 0]);
+            g.extend_from_slice(&f[34..]);
+            edit_ipv4(g, |ip| {
+                ip.set_header_len(24);
+                ip.set_total_len(ip.total_len() + 4);
+            })
+        }),
+    ];
+    for (name, frame) in cases {
+        assert_verdict(&prog, name, &frame, Pass, PassNoSocket);
+    }
+}
+
+#[test]
+fn everything_else_passes_to_the_kernel_with_its_reason() {
+    if !support::privileged() {
+        return;
+    }
+    let prog = any_address_program();
+    use SteerReason::*;
+    use XdpAction::Pass;
+
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+    arp.extend_from_slice(&[0; 28]);
+    assert_verdict(&prog, "arp", &arp, Pass, PassNotIp);
+
+    let mut lldp = arp.clone();
+    lldp[12..14].copy_from_slice(&0x88ccu16.to_be_bytes());
+    assert_verdict(&prog, "lldp", &lldp, Pass, PassNotIp);
+
+    use smoltcp::wire::IpProtocol;
+    let tcp = edit_ipv4(v4(PORT), |ip| ip.set_next_header(IpProtocol::Tcp));
+    assert_verdict(&prog, "tcp to the quic port", &tcp, Pass, PassNotUdp);
+    let icmp = edit_ipv4(v4(PORT), |ip| ip.set_next_header(IpProtocol::Icmp));
+    assert_verdict(&prog, "icmp", &icmp, Pass, PassNotUdp);
+
+    let mut hop_by_hop = udp_frame("[fd01::1]:1", &format!("[fd01::2]:{PORT}"), None, b"q");
+    hop_by_hop[14 + 6] = 0;
+    assert_verdict(
+        &prog,
+        "ipv6 extension header",
+        &hop_by_hop,
+        Pass,
+        PassNotUdp,
+    );
+    let mut v6_fragment = hop_by_hop.clone();
+    v6_fragment[14 + 6] = 44;
+    assert_verdict(
+        &prog,
+        "ipv6 fragment header",
+        &v6_fragment,
+        Pass,
+        PassNotUdp,
+    );
+
+    assert_verdict(&prog, "other udp port", &v4(53), Pass, PassNoMatch);
+    let v6_other = udp_frame("[fd01::1]:1", "[fd01::2]:443", None, b"q");
+    assert_verdict(&prog, "other udp port v6", &v6_other, Pass, PassNoMatch);
+
+    let first_fragment = edit_ipv4(v4(PORT), |ip| ip.set_more_frags(true));
+    assert_verdict(&prog, "first fragment", &first_fragment, Pass, PassFragment);
+    let later_fragment = edit_ipv4(v4(PORT), |ip| ip.set_frag_offset(64));
+    assert_verdict(&prog, "later fragment", &later_fragment, Pass, PassFragment);
+}
+
+#[test]
+fn truncated_and_malformed_frames_pass_untouched() {
+    if !support::privileged() {
+        return;
+    }
+    let prog = any_address_program();
+    use SteerReason::PassMalformed;
+    use XdpAction::Pass;
+    let good = v4(PORT);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("vlan tag cut short", {
+            let mut f = good[..14].to_vec();
+            f[12..14].copy_from_slice(&0x8100u16.to_be_bytes());
+            f.extend_from_slice(&[0, 7]);
+            f
+        }),
+        ("ipv4 header cut short", good[..14 + 19].to_vec()),
+        ("udp header cut short", good[..14 + 20 + 7].to_vec()),
+        (
+            "ip total length beyond frame",
+            good[..good.len() - 1].to_vec(),
+        ),
+        (
+            "ihl below 5",
+            edit_ipv4(good.clone(), |ip| ip.set_header_len(16)),
+        ),
+        (
+            "ihl beyond total length",
+            edit_ipv4(good.clone(), |ip| ip.set_total_len(18)),
+        ),
+        (
+            "ip version 5",
+            edit_ipv4(good.clone(), |ip| ip.set_version(5)),
+        ),
+        ("udp length below 8", {
+            let mut f = good.clone();
+            f[38..40].copy_from_slice(&7u16.to_be_bytes());
+            f
+        }),
+        ("udp length beyond ip payload", {
+            let mut f = good.clone();
+            f[38..40].copy_from_slice(&100u16.to_be_bytes());
+            f
+        }),
+        ("ipv6 payload length beyond frame", {
+            let mut f = udp_frame("[fd01::1]:1", &format!("[fd01::2]:{PORT}"), None, b"quic");
+            f[18..20].copy_from_slice(&200u16.to_be_bytes());
+            f
+        }),
+        (
+            "ipv6 header cut short",
+            udp_frame("[fd01::1]:1", "[fd01::2]:1", None, b"")[..14 + 39].to_vec(),
+        ),
+    ];
+    for (name, frame) in cases {
+        assert_verdict(&prog, name, &frame, Pass, PassMalformed);
+    }
+}
+
+#[test]
+fn an_address_listener_only_matches_its_address_and_family() {
+    if !support::privileged() {
+        return;
+    }
+    let mut prog = SteeringProgram::load(1).unwrap();
+    prog.add_listener(format!("10.1.0.2:{PORT}").parse().unwrap())
+        .unwrap();
+    use SteerReason::*;
+    use XdpAction::Pass;
+    assert_verdict(&prog, "listener address", &v4(PORT), Pass, PassNoSocket);
+    let other = udp_frame("10.1.0.1:1", &format!("10.1.0.3:{PORT}"), None, b"q");
+    assert_verdict(&prog, "other address", &other, Pass, PassNoMatch);
+    let v6 = udp_frame("[fd01::1]:1", &format!("[fd01::2]:{PORT}"), None, b"q");
+    assert_verdict(&prog, "ipv6 to an ipv4 listener", &v6, Pass, PassNoMatch);
+
+    // An IPv4-only wildcard leaves IPv6 to the kernel.
+    let mut prog = SteeringProgram::load(1).unwrap();
+    prog.add_listener(format!("0.0.0.0:{PORT}").parse().unwrap())
+        .unwrap();
+    assert_verdict(&prog, "v4 wildcard", &v4(PORT), Pass, PassNoSocket);
+    assert_verdict(&prog, "v6 under a v4 wildcard", &v6, Pass, PassNoMatch);
+}
+
+#[test]
+fn a_program_with_no_listener_matches_nothing() {
+    if !support::privileged() {
+        return;
+    }
+    let prog = SteeringProgram::load(1).unwrap();
+    assert_verdict(
+        &prog,
+        "no listener",
+        &v4(PORT),
+        XdpAction::Pass,
+        SteerReason::PassNoMatch,
+    );
+}

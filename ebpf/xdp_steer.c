@@ -1,0 +1,164 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+//
+// quic-xdp steering program.
+//
+// Redirects UDP datagrams addressed to a configured QUIC listener into the
+// AF_XDP socket bound to the receiving rx queue. Everything else - ARP, ICMP,
+// TCP, other UDP, fragments, IPv6 extension headers, truncated or malformed
+// frames - goes to the kernel untouched (XDP_PASS). If no socket is bound for
+// the queue, bpf_redirect_map's XDP_PASS fallback hands the datagram to the
+// kernel, where the port-reservation socket still receives it.
+//
+// Userspace (datapath/src/program.rs) fills STEER_TARGETS and XSKS and reads
+// STEER_STATS. Keep the layouts below in sync with it.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#define ETH_P_8021Q_ 0x8100
+#define ETH_P_8021AD_ 0x88A8
+#define IP_MF_ 0x2000
+#define IP_OFFSET_ 0x1FFF
+
+// Listener key: an exact (family, port, addr) entry, or the wildcard entry
+// with an all-zero address. IPv4 addresses occupy the first 4 bytes.
+struct steer_key {
+    __u8 family; // 4 or 6
+    __u8 pad;
+    __be16 port;
+    __u8 addr[16];
+};
+
+// Why a frame got its verdict; index into STEER_STATS.
+enum steer_reason {
+    STEER_REDIRECTED = 0,     // handed to the AF_XDP socket of its rx queue
+    STEER_PASS_NO_SOCKET = 1, // matched, but no socket bound on this rx queue
+    STEER_PASS_NOT_IP = 2,    // ARP, LLDP, unknown ethertype...
+    STEER_PASS_NOT_UDP = 3,   // TCP, ICMP, IPv6 extension headers...
+    STEER_PASS_FRAGMENT = 4,  // IPv4 fragment: the kernel reassembles
+    STEER_PASS_MALFORMED = 5, // truncated, bad lengths, bad version
+    STEER_PASS_NO_MATCH = 6,  // UDP for another port or address
+    STEER_REASONS = 7,
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 64);
+    __type(key, struct steer_key);
+    __type(value, __u8);
+} STEER_TARGETS SEC(".maps");
+
+// Keyed by rx queue index; userspace raises max_entries to the queue count.
+struct {
+    __uint(type, BPF_MAP_TYPE_XSKMAP);
+    __uint(max_entries, 64);
+    __type(key, __u32);
+    __type(value, __u32);
+} XSKS SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, STEER_REASONS);
+    __type(key, __u32);
+    __type(value, __u64);
+} STEER_STATS SEC(".maps");
+
+static __always_inline int verdict(enum steer_reason reason, int action)
+{
+    __u32 key = reason;
+    __u64 *count = bpf_map_lookup_elem(&STEER_STATS, &key);
+    if (count)
+        *count += 1;
+    return action;
+}
+
+static __always_inline int is_listener(struct steer_key *key)
+{
+    if (bpf_map_lookup_elem(&STEER_TARGETS, key))
+        return 1;
+    __builtin_memset(key->addr, 0, sizeof(key->addr));
+    return bpf_map_lookup_elem(&STEER_TARGETS, key) != 0;
+}
+
+SEC("xdp")
+int xdp_steer(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    struct steer_key key = {};
+    struct udphdr *udp;
+    __u32 l4_room; // bytes the IP header says follow it
+    __u16 proto;
+    void *l3;
+
+    if ((void *)(eth + 1) > end)
+        return verdict(STEER_PASS_MALFORMED, XDP_PASS);
+    proto = eth->h_proto;
+    l3 = eth + 1;
+    if (proto == bpf_htons(ETH_P_8021Q_) || proto == bpf_htons(ETH_P_8021AD_)) {
+        // One tag: 2 bytes TCI, 2 bytes inner ethertype.
+        __be16 *tag = l3;
+        if ((void *)(tag + 2) > end)
+            return verdict(STEER_PASS_MALFORMED, XDP_PASS);
+        proto = tag[1];
+        l3 = tag + 2;
+    }
+
+    if (proto == bpf_htons(ETH_P_IP)) {
+        struct iphdr *ip = l3;
+        __u32 hdr_len, total;
+        if ((void *)(ip + 1) > end)
+            return verdict(STEER_PASS_MALFORMED, XDP_PASS);
+        hdr_len = ip->ihl * 4;
+        total = bpf_ntohs(ip->tot_len);
+        if (ip->version != 4 || hdr_len < sizeof(*ip) || total < hdr_len ||
+            l3 + total > end)
+            return verdict(STEER_PASS_MALFORMED, XDP_PASS);
+        if (ip->frag_off & bpf_htons(IP_MF_ | IP_OFFSET_))
+            return verdict(STEER_PASS_FRAGMENT, XDP_PASS);
+        if (ip->protocol != IPPROTO_UDP)
+            return verdict(STEER_PASS_NOT_UDP, XDP_PASS);
+        udp = l3 + hdr_len;
+        l4_room = total - hdr_len;
+        key.family = 4;
+        __builtin_memcpy(key.addr, &ip->daddr, 4);
+    } else if (proto == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = l3;
+        if ((void *)(ip6 + 1) > end)
+            return verdict(STEER_PASS_MALFORMED, XDP_PASS);
+        l4_room = bpf_ntohs(ip6->payload_len);
+        if (ip6->version != 6 || (void *)(ip6 + 1) + l4_room > end)
+            return verdict(STEER_PASS_MALFORMED, XDP_PASS);
+        // Extension headers (fragments included) are left to the kernel.
+        if (ip6->nexthdr != IPPROTO_UDP)
+            return verdict(STEER_PASS_NOT_UDP, XDP_PASS);
+        udp = (void *)(ip6 + 1);
+        key.family = 6;
+        __builtin_memcpy(key.addr, &ip6->daddr, 16);
+    } else {
+        return verdict(STEER_PASS_NOT_IP, XDP_PASS);
+    }
+
+    if ((void *)(udp + 1) > end)
+        return verdict(STEER_PASS_MALFORMED, XDP_PASS);
+    __u32 udp_len = bpf_ntohs(udp->len);
+    if (udp_len < sizeof(*udp) || udp_len > l4_room)
+        return verdict(STEER_PASS_MALFORMED, XDP_PASS);
+
+    key.port = udp->dest;
+    if (!is_listener(&key))
+        return verdict(STEER_PASS_NO_MATCH, XDP_PASS);
+
+    if (bpf_redirect_map(&XSKS, ctx->rx_queue_index, XDP_PASS) == XDP_REDIRECT)
+        return verdict(STEER_REDIRECTED, XDP_REDIRECT);
+    return verdict(STEER_PASS_NO_SOCKET, XDP_PASS);
+}
+
+char _license[] SEC("license") = "Dual MIT/GPL";
