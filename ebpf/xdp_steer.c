@@ -44,8 +44,16 @@ enum steer_reason {
     STEER_PASS_FRAGMENT = 4,  // IPv4 fragment: the kernel reassembles
     STEER_PASS_MALFORMED = 5, // truncated, bad lengths, bad version
     STEER_PASS_NO_MATCH = 6,  // UDP for another port or address
-    STEER_REASONS = 7,
+    STEER_PASS_TOO_BIG = 7,   // matched, but larger than a UMEM frame
+    STEER_REASONS = 8,
 };
+
+// Largest frame an AF_XDP socket can take (its UMEM frame size less
+// headroom); set at load time, 0 for no limit. Generic XDP can see GSO/GRO
+// super-packets (veth passes a sender's GSO skb through whole): redirected,
+// the socket would drop them, so they go to the kernel, which segments them
+// for the port-reservation socket.
+volatile const __u32 MAX_FRAME_LEN = 0;
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
@@ -155,6 +163,8 @@ int xdp_steer(struct xdp_md *ctx)
     key.port = udp->dest;
     if (!is_listener(&key))
         return verdict(STEER_PASS_NO_MATCH, XDP_PASS);
+    if (MAX_FRAME_LEN && end - data > MAX_FRAME_LEN)
+        return verdict(STEER_PASS_TOO_BIG, XDP_PASS);
 
     if (bpf_redirect_map(&XSKS, ctx->rx_queue_index, XDP_PASS) == XDP_REDIRECT)
         return verdict(STEER_REDIRECTED, XDP_REDIRECT);

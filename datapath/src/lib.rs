@@ -4,8 +4,25 @@
 //! - [`program`]: the XDP program that steers QUIC datagrams into AF_XDP
 //!   sockets and passes everything else to the kernel.
 //! - [`wire`]: the minimal Ethernet/VLAN/IPv4/IPv6/UDP codec.
+//! - [`xsk`]: AF_XDP sockets (one per rx queue) and their UMEM.
+//! - [`udp`]: kernel UDP sockets: the fallback, and the port reservation.
+//! - [`io::PacketIo`]: what both offer the QUIC layer.
+//! - [`datapath`]: opens the right one for a configuration.
+pub mod datapath;
+pub mod echo;
 pub mod error;
 pub mod program;
 pub mod wire;
 
 pub use error::{Error, Result};
+pub mod counters;
+pub mod iface;
+pub mod io;
+pub mod neighbor;
+#[cfg(feature = "testbed")]
+pub mod testbed;
+pub mod udp;
+pub mod xsk;
+
+pub use datapath::{ActiveMode, Datapath, DatapathConfig, Mode};
+pub use io::{PacketIo, QueueKind, RxMeta, Transmit};

@@ -25,6 +25,7 @@ const PROGRAM_NAME: &str = "xdp_steer";
 const TARGETS_MAP: &str = "STEER_TARGETS";
 const SOCKETS_MAP: &str = "XSKS";
 const STATS_MAP: &str = "STEER_STATS";
+const MAX_FRAME_GLOBAL: &str = "MAX_FRAME_LEN";
 
 /// `struct steer_key` in the C program.
 #[repr(C)]
@@ -84,10 +85,11 @@ pub enum SteerReason {
     PassFragment = 4,
     PassMalformed = 5,
     PassNoMatch = 6,
+    PassTooBig = 7,
 }
 
 impl SteerReason {
-    pub const ALL: [SteerReason; 7] = [
+    pub const ALL: [SteerReason; 8] = [
         Self::Redirected,
         Self::PassNoSocket,
         Self::PassNotIp,
@@ -95,6 +97,7 @@ impl SteerReason {
         Self::PassFragment,
         Self::PassMalformed,
         Self::PassNoMatch,
+        Self::PassTooBig,
     ];
 
     pub fn name(self) -> &'static str {
@@ -106,6 +109,7 @@ impl SteerReason {
             Self::PassFragment => "pass_fragment",
             Self::PassMalformed => "pass_malformed",
             Self::PassNoMatch => "pass_no_match",
+            Self::PassTooBig => "pass_too_big",
         }
     }
 }
@@ -218,11 +222,14 @@ impl fmt::Debug for SteeringProgram {
 impl SteeringProgram {
     /// Loads the program into the kernel (verifier included) without
     /// attaching it. `max_queues` sizes the socket map: rx queue indices
-    /// from 0 to `max_queues - 1` can be bound.
-    pub fn load(max_queues: u32) -> Result<Self> {
+    /// from 0 to `max_queues - 1` can be bound. Matching frames longer than
+    /// `max_frame_len` (when given) are left to the kernel.
+    pub fn load(max_queues: u32, max_frame_len: Option<u32>) -> Result<Self> {
         let permission = |e: &(dyn std::error::Error + 'static)| is_permission_denied(e);
+        let max_frame_len = max_frame_len.unwrap_or(0);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(SOCKETS_MAP, max_queues.max(1))
+            .override_global(MAX_FRAME_GLOBAL, &max_frame_len, true)
             .load(PROGRAM_OBJECT)
             .map_err(|e| {
                 if permission(&e) {

@@ -67,7 +67,7 @@ fn assert_verdict(
 }
 
 fn any_address_program() -> SteeringProgram {
-    let mut prog = SteeringProgram::load(4).unwrap();
+    let mut prog = SteeringProgram::load(4, None).unwrap();
     prog.add_listener(format!("[::]:{PORT}").parse().unwrap())
         .unwrap();
     prog
@@ -243,7 +243,7 @@ fn an_address_listener_only_matches_its_address_and_family() {
     if !support::privileged() {
         return;
     }
-    let mut prog = SteeringProgram::load(1).unwrap();
+    let mut prog = SteeringProgram::load(1, None).unwrap();
     prog.add_listener(format!("10.1.0.2:{PORT}").parse().unwrap())
         .unwrap();
     use SteerReason::*;
@@ -255,7 +255,7 @@ fn an_address_listener_only_matches_its_address_and_family() {
     assert_verdict(&prog, "ipv6 to an ipv4 listener", &v6, Pass, PassNoMatch);
 
     // An IPv4-only wildcard leaves IPv6 to the kernel.
-    let mut prog = SteeringProgram::load(1).unwrap();
+    let mut prog = SteeringProgram::load(1, None).unwrap();
     prog.add_listener(format!("0.0.0.0:{PORT}").parse().unwrap())
         .unwrap();
     assert_verdict(&prog, "v4 wildcard", &v4(PORT), Pass, PassNoSocket);
@@ -267,11 +267,46 @@ fn a_program_with_no_listener_matches_nothing() {
     if !support::privileged() {
         return;
     }
-    let prog = SteeringProgram::load(1).unwrap();
+    let prog = SteeringProgram::load(1, None).unwrap();
     assert_verdict(
         &prog,
         "no listener",
         &v4(PORT),
+        XdpAction::Pass,
+        SteerReason::PassNoMatch,
+    );
+}
+
+#[test]
+fn matching_frames_larger_than_a_umem_frame_go_to_the_kernel() {
+    if !support::privileged() {
+        return;
+    }
+    let mut prog = SteeringProgram::load(1, Some(1000)).unwrap();
+    prog.add_listener(format!("[::]:{PORT}").parse().unwrap())
+        .unwrap();
+    let fits = udp_frame("10.1.0.1:1", &format!("10.1.0.2:{PORT}"), None, &[0; 958]);
+    assert_eq!(fits.len(), 1000);
+    assert_verdict(
+        &prog,
+        "fits",
+        &fits,
+        XdpAction::Pass,
+        SteerReason::PassNoSocket,
+    );
+    let gso_sized = udp_frame("10.1.0.1:1", &format!("10.1.0.2:{PORT}"), None, &[0; 959]);
+    assert_verdict(
+        &prog,
+        "one byte over",
+        &gso_sized,
+        XdpAction::Pass,
+        SteerReason::PassTooBig,
+    );
+    let other_port = udp_frame("10.1.0.1:1", "10.1.0.2:53", None, &[0; 2000]);
+    assert_verdict(
+        &prog,
+        "big, not ours",
+        &other_port,
         XdpAction::Pass,
         SteerReason::PassNoMatch,
     );

@@ -1,0 +1,377 @@
+//! Opening the datapath: XDP steering plus one AF_XDP socket per rx queue,
+//! or kernel UDP where XDP cannot serve. Auto mode falls back on anything
+//! XDP-specific (privilege, driver, loopback) and says why; errors a user
+//! must fix (unknown interface, port in use) fail in every mode.
+
+use std::{fmt, net::SocketAddr, str::FromStr};
+
+use crate::{
+    counters::CounterSnapshot,
+    error::{Error, Result},
+    iface::InterfaceInfo,
+    io::PacketIo,
+    neighbor::Neighbors,
+    program::{AttachMode, AttachPreference, SteerStats, SteeringProgram},
+    udp::UdpQueue,
+    wire::ChecksumPolicy,
+    xsk::{XskQueue, XskSettings, ZeroCopy},
+};
+
+/// Which datapath to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// XDP, failing if it cannot be used.
+    Xdp,
+    /// Kernel UDP sockets only.
+    Udp,
+    /// XDP where possible, kernel UDP otherwise (the reason is logged).
+    #[default]
+    Auto,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "xdp" => Ok(Self::Xdp),
+            "udp" => Ok(Self::Udp),
+            "auto" => Ok(Self::Auto),
+            _ => Err(format!("unknown mode `{s}` (expected xdp, udp or auto)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DatapathConfig {
+    /// Address and port to serve. An unspecified IPv6 address serves IPv4
+    /// too; with XDP it needs `interface`.
+    pub listen: SocketAddr,
+    /// The interface to steer on; by default the one that owns `listen`.
+    pub interface: Option<String>,
+    pub mode: Mode,
+    pub attach: AttachPreference,
+    pub zero_copy: ZeroCopy,
+    /// Rx queues to bind; by default every active one.
+    pub queues: Option<Vec<u32>>,
+    /// AF_XDP ring slots (a power of two); each queue's UMEM holds twice
+    /// as many 4 KiB frames.
+    pub ring_size: u32,
+    pub checksum: ChecksumPolicy,
+}
+
+impl DatapathConfig {
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            interface: None,
+            mode: Mode::Auto,
+            attach: AttachPreference::Auto,
+            zero_copy: ZeroCopy::Auto,
+            queues: None,
+            ring_size: 2048,
+            checksum: ChecksumPolicy::Verify,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.listen.port() == 0 {
+            return Err(Error::Config("the listen port must not be 0".into()));
+        }
+        if !self.ring_size.is_power_of_two() || !(64..=32768).contains(&self.ring_size) {
+            return Err(Error::Config(format!(
+                "ring size {} must be a power of two from 64 to 32768",
+                self.ring_size
+            )));
+        }
+        if self.queues.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::Config("the queue list is empty".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The datapath actually running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActiveMode {
+    Xdp {
+        interface: String,
+        attach: AttachMode,
+        zero_copy: bool,
+        queues: Vec<u32>,
+    },
+    Udp {
+        /// Why XDP is not in use, when it was not explicitly declined.
+        fallback_reason: Option<String>,
+    },
+}
+
+impl fmt::Display for ActiveMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Xdp {
+                interface,
+                attach,
+                zero_copy,
+                queues,
+            } => write!(
+                f,
+                "xdp on {interface} ({attach} attach, {} AF_XDP sockets on queues {queues:?})",
+                if *zero_copy { "zero-copy" } else { "copy-mode" }
+            ),
+            Self::Udp {
+                fallback_reason: None,
+            } => f.write_str("udp (kernel sockets)"),
+            Self::Udp {
+                fallback_reason: Some(r),
+            } => write!(f, "udp (kernel sockets; XDP unavailable: {r})"),
+        }
+    }
+}
+
+/// An open datapath. Dropping it closes the sockets and detaches the XDP
+/// program; so does the process exiting.
+pub struct Datapath {
+    queues: Vec<Box<dyn PacketIo>>,
+    mode: ActiveMode,
+    steering: Option<SteeringProgram>,
+    local: SocketAddr,
+}
+
+impl Datapath {
+    pub fn open(config: &DatapathConfig) -> Result<Self> {
+        config.validate()?;
+        match config.mode {
+            Mode::Udp => Self::open_udp(config, None),
+            Mode::Xdp => Self::open_xdp(config),
+            Mode::Auto => match Self::open_xdp(config) {
+                Ok(dp) => Ok(dp),
+                Err(
+                    e @ (Error::UnknownInterface(_)
+                    | Error::AddrInUse { .. }
+                    | Error::Bind { .. }
+                    | Error::Config(_)),
+                ) => Err(e),
+                Err(e) => {
+                    let reason = crate::error::chain(&e);
+                    tracing::warn!(%reason, "XDP unavailable, serving on kernel UDP");
+                    Self::open_udp(config, Some(reason))
+                }
+            },
+        }
+    }
+
+    fn open_udp(config: &DatapathConfig, fallback_reason: Option<String>) -> Result<Self> {
+        let mtu = config
+            .interface
+            .as_deref()
+            .map(InterfaceInfo::lookup)
+            .transpose()?
+            .map_or(1500, |i| i.mtu);
+        let queue = UdpQueue::bind(config.listen, mtu)?;
+        let local = queue.local_addr();
+        Ok(Self {
+            queues: vec![Box::new(queue)],
+            mode: ActiveMode::Udp { fallback_reason },
+            steering: None,
+            local,
+        })
+    }
+
+    fn open_xdp(config: &DatapathConfig) -> Result<Self> {
+        let name = match &config.interface {
+            Some(name) => name.clone(),
+            None => {
+                InterfaceInfo::owning(config.listen.ip()).ok_or_else(|| Error::Unsupported {
+                    interface: "?".into(),
+                    reason: format!(
+                        "no interface given, and {} is not assigned to exactly one interface",
+                        config.listen.ip()
+                    ),
+                })?
+            }
+        };
+        let info = InterfaceInfo::lookup(&name)?;
+        if info.loopback {
+            return Err(Error::Unsupported {
+                interface: name,
+                reason: "loopback traffic is delivered locally and never meets XDP".into(),
+            });
+        }
+        // Reserve the port first: a port in use fails before any BPF work,
+        // and from here on nothing that escapes steering is lost.
+        let reservation = UdpQueue::bind_reservation(config.listen, info.mtu)?;
+        let queue_ids: Vec<u32> = match &config.queues {
+            Some(q) => q.clone(),
+            None => (0..info.rx_queues).collect(),
+        };
+        if let Some(bad) = queue_ids.iter().find(|&&q| q >= info.rx_queues) {
+            return Err(Error::Config(format!(
+                "`{name}` has {} rx queues; queue {bad} does not exist",
+                info.rx_queues
+            )));
+        }
+        let mut steering = SteeringProgram::load(info.rx_queues, Some(crate::xsk::MAX_FRAME_LEN))?;
+        steering.add_listener(config.listen)?;
+        let attach = steering.attach(&name, config.attach)?;
+        let zero_copy = match (attach, config.zero_copy) {
+            (AttachMode::Generic, ZeroCopy::Require) => {
+                return Err(Error::Unsupported {
+                    interface: name,
+                    reason: "zero-copy needs native XDP, which the driver refused".into(),
+                });
+            }
+            (AttachMode::Generic, _) => ZeroCopy::Disable,
+            (_, z) => z,
+        };
+        let settings = XskSettings {
+            interface: name.clone(),
+            mac: info.mac,
+            mtu: info.mtu,
+            ring_size: config.ring_size,
+            zero_copy,
+            checksum: config.checksum,
+            port: config.listen.port(),
+            default_src: Some(config.listen.ip().to_canonical()).filter(|ip| !ip.is_unspecified()),
+        };
+        let shared_neighbors = Neighbors::shared(64 * 1024);
+        let mut queues: Vec<Box<dyn PacketIo>> = Vec::new();
+        let mut all_zero_copy = true;
+        for &queue in &queue_ids {
+            let xsk =
+                XskQueue::open(&settings, queue, shared_neighbors.clone()).map_err(|reason| {
+                    Error::Socket {
+                        interface: name.clone(),
+                        queue,
+                        reason,
+                    }
+                })?;
+            steering.bind_socket(queue, xsk.socket_fd())?;
+            all_zero_copy &= matches!(
+                xsk.kind(),
+                crate::io::QueueKind::Xsk {
+                    zero_copy: true,
+                    ..
+                }
+            );
+            queues.push(Box::new(xsk));
+        }
+        let local = reservation.local_addr();
+        queues.push(Box::new(reservation));
+        let mode = ActiveMode::Xdp {
+            interface: name,
+            attach,
+            zero_copy: all_zero_copy,
+            queues: queue_ids,
+        };
+        tracing::info!(%mode, %local, "datapath open");
+        Ok(Self {
+            queues,
+            mode,
+            steering: Some(steering),
+            local,
+        })
+    }
+
+    pub fn mode(&self) -> &ActiveMode {
+        &self.mode
+    }
+
+    /// The bound address (with the real port if 0 was asked for in UDP mode).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub fn queues(&self) -> &[Box<dyn PacketIo>] {
+        &self.queues
+    }
+
+    pub fn queues_mut(&mut self) -> &mut [Box<dyn PacketIo>] {
+        &mut self.queues
+    }
+
+    /// Hands the queues to their threads; the XDP program stays attached
+    /// until this `Datapath` is dropped.
+    pub fn take_queues(&mut self) -> Vec<Box<dyn PacketIo>> {
+        std::mem::take(&mut self.queues)
+    }
+
+    /// The steering program's verdict counts (XDP mode only).
+    pub fn steering_stats(&self) -> Option<SteerStats> {
+        self.steering.as_ref().and_then(|s| s.stats().ok())
+    }
+
+    pub fn steering(&self) -> Option<&SteeringProgram> {
+        self.steering.as_ref()
+    }
+
+    /// Counters summed over the queues still held here.
+    pub fn counters(&self) -> CounterSnapshot {
+        let mut total = CounterSnapshot::default();
+        for q in &self.queues {
+            total += q.counters().snapshot();
+        }
+        total
+    }
+}
+
+impl fmt::Debug for Datapath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Datapath")
+            .field("mode", &self.mode)
+            .field("local", &self.local)
+            .field("queues", &self.queues.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_on_loopback_falls_back_to_udp_and_says_why() {
+        let mut config = DatapathConfig::new("127.0.0.1:0".parse().unwrap());
+        config.listen.set_port(47011);
+        let dp = Datapath::open(&config).unwrap();
+        match dp.mode() {
+            ActiveMode::Udp {
+                fallback_reason: Some(r),
+            } => assert!(r.contains("loopback"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(dp.queues().len(), 1);
+    }
+
+    #[test]
+    fn xdp_mode_on_loopback_is_an_error_not_a_fallback() {
+        let mut config = DatapathConfig::new("127.0.0.1:47012".parse().unwrap());
+        config.mode = Mode::Xdp;
+        config.interface = Some("lo".into());
+        let err = Datapath::open(&config).unwrap_err();
+        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    }
+
+    #[test]
+    fn user_errors_fail_in_auto_mode_too() {
+        let mut config = DatapathConfig::new("127.0.0.1:47013".parse().unwrap());
+        config.interface = Some("qx-missing0".into());
+        let err = Datapath::open(&config).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown network interface `qx-missing0`"),
+            "{err}"
+        );
+
+        let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let config = DatapathConfig::new(taken.local_addr().unwrap());
+        let err = Datapath::open(&config).unwrap_err();
+        assert!(matches!(err, Error::AddrInUse { .. }), "{err}");
+
+        let mut config = DatapathConfig::new("127.0.0.1:47014".parse().unwrap());
+        config.ring_size = 1000;
+        assert!(matches!(Datapath::open(&config), Err(Error::Config(_))));
+        config.ring_size = 2048;
+        config.listen.set_port(0);
+        assert!(matches!(Datapath::open(&config), Err(Error::Config(_))));
+    }
+}

@@ -1,0 +1,101 @@
+//! A UDP echo over any set of datapath queues: what `xdp-udp-echo` runs,
+//! and the smallest complete user of [`PacketIo`]: receive a batch, answer
+//! from the address each datagram was sent to, flush.
+
+use std::{
+    io,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use crate::io::{PacketIo, RxMeta, Transmit, wait_readable};
+
+/// How long to keep retrying a reply while the tx ring drains.
+const TX_RETRY_FOR: Duration = Duration::from_millis(50);
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EchoOutcome {
+    pub echoed: u64,
+    /// Replies that could not be sent (ring stayed full, no route).
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EchoLimits {
+    /// Stop after answering this many datagrams.
+    pub count: Option<u64>,
+    pub deadline: Option<Instant>,
+}
+
+/// Echoes until `stop` is set or a limit is reached.
+pub fn serve(
+    queues: &mut [Box<dyn PacketIo>],
+    stop: &AtomicBool,
+    limits: EchoLimits,
+) -> io::Result<EchoOutcome> {
+    let mut outcome = EchoOutcome::default();
+    // Replies of one batch: metadata and payload ranges into one buffer.
+    let mut replies: Vec<(RxMeta, std::ops::Range<usize>)> = Vec::new();
+    let mut payloads: Vec<u8> = Vec::new();
+    loop {
+        let done = stop.load(Ordering::Relaxed)
+            || limits.count.is_some_and(|c| outcome.echoed >= c)
+            || limits.deadline.is_some_and(|d| Instant::now() >= d);
+        if done {
+            for q in queues.iter_mut() {
+                q.flush()?;
+                q.refresh_counters();
+            }
+            return Ok(outcome);
+        }
+        let mut idle = true;
+        for q in queues.iter_mut() {
+            replies.clear();
+            payloads.clear();
+            let n = q.recv(&mut |meta, data| {
+                let start = payloads.len();
+                payloads.extend_from_slice(data);
+                replies.push((*meta, start..payloads.len()));
+            })?;
+            idle &= n == 0;
+            for (meta, range) in &replies {
+                let t = Transmit {
+                    destination: meta.remote,
+                    ecn: meta.ecn,
+                    contents: &payloads[range.clone()],
+                    segment_size: None,
+                    src_ip: Some(meta.local.ip()),
+                };
+                match send_with_retry(q.as_mut(), &t) {
+                    Ok(()) => outcome.echoed += 1,
+                    Err(e) => {
+                        tracing::debug!(error = %e, peer = %meta.remote, "echo reply dropped");
+                        outcome.dropped += 1;
+                    }
+                }
+            }
+            q.flush()?;
+        }
+        if idle {
+            wait_readable(queues, POLL_EVERY)?;
+        }
+    }
+}
+
+fn send_with_retry(q: &mut dyn PacketIo, t: &Transmit<'_>) -> io::Result<()> {
+    let mut deadline = None;
+    loop {
+        match q.send(t) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let d = *deadline.get_or_insert_with(|| Instant::now() + TX_RETRY_FOR);
+                if Instant::now() >= d {
+                    return Err(e);
+                }
+                q.flush()?;
+                std::thread::yield_now();
+            }
+            other => return other,
+        }
+    }
+}

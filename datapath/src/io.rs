@@ -1,0 +1,136 @@
+//! The interface every datapath queue offers to the QUIC layer.
+
+use std::{io, net::SocketAddr, os::fd::RawFd, sync::Arc, time::Duration};
+
+pub use quinn_udp::{EcnCodepoint, Transmit};
+
+use crate::{counters::QueueCounters, xsk::FrameAccounting};
+
+/// What arrived with a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxMeta {
+    /// The peer's address (IPv4 peers as plain IPv4, never v4-mapped).
+    pub remote: SocketAddr,
+    /// The address the datagram was sent to: the QUIC layer must answer
+    /// from it.
+    pub local: SocketAddr,
+    pub ecn: Option<EcnCodepoint>,
+}
+
+/// Where a queue's datagrams come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueKind {
+    /// An AF_XDP socket on one rx queue of an interface.
+    Xsk {
+        interface: String,
+        queue: u32,
+        zero_copy: bool,
+    },
+    /// A kernel UDP socket serving the endpoint (fallback mode).
+    Udp { local: SocketAddr },
+    /// The kernel UDP socket that reserves the port in XDP mode: what
+    /// reaches it escaped steering (no socket on its rx queue, fragments,
+    /// extension headers) and is still served.
+    SteeringMiss { local: SocketAddr },
+}
+
+/// One queue of datagrams in each direction, driven by one thread.
+///
+/// `recv` and `send` never block. Wait for readability on [`raw_fd`]
+/// (poll(2), epoll or tokio's `AsyncFd`), then call `recv` until it returns
+/// 0; after a batch of `send`s, call `flush` to hand them to the kernel.
+///
+/// [`raw_fd`]: PacketIo::raw_fd
+pub trait PacketIo: Send {
+    /// Delivers up to one batch of received datagrams to `on_datagram`;
+    /// returns how many were delivered (0: nothing is waiting). The payload
+    /// slice is only valid during the call.
+    fn recv(&mut self, on_datagram: &mut dyn FnMut(&RxMeta, &[u8])) -> io::Result<usize>;
+
+    /// Queues a datagram, or a batch of `segment_size`-byte datagrams, for
+    /// transmission. All or nothing: `WouldBlock` means no room right now
+    /// (flush and retry); any other error means the datagram was dropped
+    /// (and counted): no route to the peer, too big for the path.
+    fn send(&mut self, transmit: &Transmit<'_>) -> io::Result<()>;
+
+    /// Hands queued datagrams to the kernel and reclaims sent buffers.
+    fn flush(&mut self) -> io::Result<()>;
+
+    /// Readable when `recv` has datagrams to deliver.
+    fn raw_fd(&self) -> RawFd;
+
+    /// The largest UDP payload `send` accepts towards `destination`.
+    fn max_datagram_size(&self, destination: &SocketAddr) -> usize;
+
+    fn kind(&self) -> &QueueKind;
+
+    /// This queue's counters (shared, so other threads can read them).
+    fn counters(&self) -> &Arc<QueueCounters>;
+
+    /// Where the UMEM's frames are (AF_XDP queues only).
+    fn frame_accounting(&self) -> Option<FrameAccounting> {
+        None
+    }
+
+    /// Brings counters kept by the kernel up to date.
+    fn refresh_counters(&mut self) {}
+}
+
+/// Blocks until one of `queues` is readable or `timeout` passes.
+pub fn wait_readable(queues: &[Box<dyn PacketIo>], timeout: Duration) -> io::Result<()> {
+    let mut fds: Vec<libc::pollfd> = queues
+        .iter()
+        .map(|q| libc::pollfd {
+            fd: q.raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: fds is a valid array of pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// `Transmit::contents` split into the datagrams it stands for.
+pub(crate) fn segments<'a>(t: &Transmit<'a>) -> impl Iterator<Item = &'a [u8]> {
+    let contents = t.contents;
+    let size = t.segment_size.unwrap_or(contents.len()).max(1);
+    // An empty transmit is one empty datagram.
+    let empty = contents.is_empty().then_some(contents);
+    contents.chunks(size).chain(empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transmit(contents: &[u8], segment_size: Option<usize>) -> Transmit<'_> {
+        Transmit {
+            destination: "10.0.0.1:1".parse().unwrap(),
+            ecn: None,
+            contents,
+            segment_size,
+            src_ip: None,
+        }
+    }
+
+    #[test]
+    fn segments_split_gso_batches_with_a_short_tail() {
+        let data = [7u8; 25];
+        let segs: Vec<_> = segments(&transmit(&data, Some(10)))
+            .map(<[u8]>::len)
+            .collect();
+        assert_eq!(segs, [10, 10, 5]);
+        let segs: Vec<_> = segments(&transmit(&data, None)).map(<[u8]>::len).collect();
+        assert_eq!(segs, [25]);
+        let segs: Vec<_> = segments(&transmit(&[], None)).map(<[u8]>::len).collect();
+        assert_eq!(segs, [0]);
+    }
+}

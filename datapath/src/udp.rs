@@ -1,0 +1,326 @@
+//! A kernel UDP socket as a datapath queue, through quinn-udp: batched
+//! recvmmsg/sendmmsg, GRO and GSO where the kernel has them, ECN and the
+//! destination address of each datagram (IP_PKTINFO).
+//!
+//! Serves as the whole datapath in fallback mode, and in XDP mode as the
+//! socket that reserves the port and catches what steering missed.
+
+use std::{
+    io::{self, IoSliceMut},
+    net::{IpAddr, SocketAddr, UdpSocket},
+    os::fd::{AsRawFd, RawFd},
+    sync::Arc,
+};
+
+use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSocketState};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::{
+    counters::QueueCounters,
+    error::{Error, Result},
+    io::{PacketIo, QueueKind, RxMeta, segments},
+};
+
+/// Large enough for a full GRO batch.
+const RECV_BUF_LEN: usize = 64 * 1024;
+const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+/// UDP payload that always fits a 1500-byte MTU over IPv6 (the kernel
+/// fragments nothing: DF is set, so bigger sends fail with EMSGSIZE).
+const IP_UDP_V6_OVERHEAD: usize = 48;
+const IP_UDP_V4_OVERHEAD: usize = 28;
+
+pub struct UdpQueue {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    kind: QueueKind,
+    /// The socket is AF_INET6: IPv4 peers need v4-mapped addresses.
+    dual_stack: bool,
+    local: SocketAddr,
+    mtu: usize,
+    counters: Arc<QueueCounters>,
+    bufs: Vec<Vec<u8>>,
+    metas: Vec<RecvMeta>,
+}
+
+impl UdpQueue {
+    /// Binds `addr` (`[::]` binds IPv4 and IPv6 alike). `mtu` bounds the
+    /// datagrams `send` accepts.
+    pub fn bind(addr: SocketAddr, mtu: u32) -> Result<Self> {
+        Self::bind_as(addr, mtu, false)
+    }
+
+    /// The port-reserving socket of XDP mode.
+    pub(crate) fn bind_reservation(addr: SocketAddr, mtu: u32) -> Result<Self> {
+        Self::bind_as(addr, mtu, true)
+    }
+
+    fn bind_as(addr: SocketAddr, mtu: u32, reservation: bool) -> Result<Self> {
+        let bind_err = |source: io::Error| match source.kind() {
+            io::ErrorKind::AddrInUse => Error::AddrInUse { addr },
+            _ => Error::Bind { addr, source },
+        };
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+            .map_err(bind_err)?;
+        let dual_stack = addr.is_ipv6();
+        if let SocketAddr::V6(v6) = addr {
+            socket
+                .set_only_v6(!v6.ip().is_unspecified())
+                .map_err(bind_err)?;
+        }
+        socket.bind(&addr.into()).map_err(bind_err)?;
+        socket.set_nonblocking(true)?;
+        let socket: UdpSocket = socket.into();
+        let state = UdpSocketState::new((&socket).into())?;
+        grow_socket_buffers(&socket, SOCKET_BUFFER_BYTES);
+        let local = canonical(socket.local_addr()?);
+        let kind = if reservation {
+            QueueKind::SteeringMiss { local }
+        } else {
+            QueueKind::Udp { local }
+        };
+        Ok(Self {
+            socket,
+            state,
+            kind,
+            dual_stack,
+            local,
+            mtu: mtu as usize,
+            counters: Arc::default(),
+            bufs: vec![vec![0; RECV_BUF_LEN]; BATCH_SIZE],
+            metas: vec![RecvMeta::default(); BATCH_SIZE],
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+/// Sets both socket buffers to `bytes`. Plain SO_RCVBUF is capped at
+/// net.core.rmem_max (about 208 KiB by default: a burst of 150 full-size
+/// datagrams); with CAP_NET_ADMIN the FORCE variants lift the cap.
+pub(crate) fn grow_socket_buffers(socket: &impl AsRawFd, bytes: usize) {
+    let value = bytes as libc::c_int;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        let set = |opt| {
+            // SAFETY: an int option on a valid socket.
+            unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&value as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            }
+        };
+        if set(force) != 0 {
+            // Unprivileged: take what the cap allows.
+            set(plain);
+        }
+    }
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+impl PacketIo for UdpQueue {
+    fn recv(&mut self, on_datagram: &mut dyn FnMut(&RxMeta, &[u8])) -> io::Result<usize> {
+        let mut slices: Vec<IoSliceMut<'_>> =
+            self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let n = match self
+            .state
+            .recv((&self.socket).into(), &mut slices, &mut self.metas)
+        {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let miss = matches!(self.kind, QueueKind::SteeringMiss { .. });
+        let mut delivered = 0;
+        for (meta, buf) in self.metas[..n].iter().zip(&self.bufs) {
+            let rx = RxMeta {
+                remote: canonical(meta.addr),
+                local: SocketAddr::new(
+                    meta.dst_ip.map_or(self.local.ip(), |ip| ip.to_canonical()),
+                    self.local.port(),
+                ),
+                ecn: meta.ecn,
+            };
+            // GRO hands several datagrams in one buffer, `stride` apart.
+            for datagram in buf[..meta.len].chunks(meta.stride.max(1)) {
+                QueueCounters::add(&self.counters.rx_packets, 1);
+                QueueCounters::add(&self.counters.rx_bytes, datagram.len() as u64);
+                if miss {
+                    QueueCounters::add(&self.counters.steering_misses, 1);
+                }
+                on_datagram(&rx, datagram);
+                delivered += 1;
+            }
+        }
+        Ok(delivered)
+    }
+
+    fn send(&mut self, t: &Transmit<'_>) -> io::Result<()> {
+        let largest = t
+            .segment_size
+            .unwrap_or(t.contents.len())
+            .min(t.contents.len());
+        if largest > self.max_datagram_size(&t.destination) {
+            QueueCounters::add(&self.counters.tx_too_big, 1);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{largest}-byte datagram exceeds the path MTU"),
+            ));
+        }
+        let destination = match (self.dual_stack, t.destination) {
+            (true, SocketAddr::V4(v4)) => {
+                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+            }
+            (_, d) => d,
+        };
+        let count = segments(t).count() as u64;
+        let result = if count as usize > self.state.max_gso_segments() && t.segment_size.is_some() {
+            // No GSO here: one datagram at a time.
+            segments(t).try_for_each(|contents| {
+                let one = Transmit {
+                    destination,
+                    contents,
+                    segment_size: None,
+                    ..*t
+                };
+                self.state.try_send((&self.socket).into(), &one)
+            })
+        } else {
+            let t = Transmit { destination, ..*t };
+            self.state.try_send((&self.socket).into(), &t)
+        };
+        match result {
+            Ok(()) => {
+                QueueCounters::add(&self.counters.tx_packets, count);
+                QueueCounters::add(&self.counters.tx_bytes, t.contents.len() as u64);
+                Ok(())
+            }
+            Err(e) => {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    QueueCounters::add(&self.counters.tx_ring_full, 1);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // sendmsg hands datagrams to the kernel at once.
+        Ok(())
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    fn max_datagram_size(&self, destination: &SocketAddr) -> usize {
+        let overhead = if destination.ip().to_canonical().is_ipv4() {
+            IP_UDP_V4_OVERHEAD
+        } else {
+            IP_UDP_V6_OVERHEAD
+        };
+        self.mtu.saturating_sub(overhead)
+    }
+
+    fn kind(&self) -> &QueueKind {
+        &self.kind
+    }
+
+    fn counters(&self) -> &Arc<QueueCounters> {
+        &self.counters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transmit(
+        destination: SocketAddr,
+        contents: &[u8],
+        segment_size: Option<usize>,
+    ) -> Transmit<'_> {
+        Transmit {
+            destination,
+            ecn: None,
+            contents,
+            segment_size,
+            src_ip: None,
+        }
+    }
+
+    fn recv_all(q: &mut UdpQueue, want: usize) -> Vec<(RxMeta, Vec<u8>)> {
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got.len() < want && std::time::Instant::now() < deadline {
+            q.recv(&mut |m, d| got.push((*m, d.to_vec()))).unwrap();
+        }
+        got
+    }
+
+    #[test]
+    fn loopback_round_trip_reports_addresses_and_splits_gso() {
+        for (bind, peer) in [
+            ("127.0.0.1:0", "127.0.0.1:0"),
+            ("[::]:0", "127.0.0.1:0"),
+            ("[::1]:0", "[::1]:0"),
+        ] {
+            let mut q = UdpQueue::bind(bind.parse().unwrap(), 1500).unwrap();
+            let port = q.local_addr().port();
+            let client = UdpSocket::bind(peer).unwrap();
+            let server = SocketAddr::new(client.local_addr().unwrap().ip(), port);
+            client.send_to(b"ping", server).unwrap();
+            let got = recv_all(&mut q, 1);
+            assert_eq!(got.len(), 1, "{bind}");
+            let (meta, data) = &got[0];
+            assert_eq!(data, b"ping");
+            assert_eq!(
+                meta.remote,
+                client.local_addr().unwrap(),
+                "{bind}: canonical peer"
+            );
+            assert_eq!(meta.local, server, "{bind}: destination reported");
+
+            let batch: Vec<u8> = (0..250u8).collect();
+            q.send(&transmit(meta.remote, &batch, Some(100))).unwrap();
+            let mut buf = [0u8; 300];
+            let sizes: Vec<usize> = (0..3).map(|_| client.recv(&mut buf).unwrap()).collect();
+            assert_eq!(sizes, [100, 100, 50], "{bind}");
+            assert_eq!(q.counters().snapshot().tx_packets, 3);
+        }
+    }
+
+    #[test]
+    fn port_in_use_is_a_clear_error() {
+        let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = UdpQueue::bind(addr, 1500).err().unwrap();
+        assert!(
+            matches!(err, Error::AddrInUse { addr: a } if a == addr),
+            "{err}"
+        );
+        assert!(err.to_string().contains("already in use"));
+    }
+
+    #[test]
+    fn oversized_datagrams_are_refused_and_counted() {
+        let mut q = UdpQueue::bind("127.0.0.1:0".parse().unwrap(), 1500).unwrap();
+        let big = vec![0u8; 1473];
+        let err = q
+            .send(&transmit("127.0.0.1:9".parse().unwrap(), &big, None))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(q.counters().snapshot().tx_too_big, 1);
+        assert_eq!(q.max_datagram_size(&"127.0.0.1:9".parse().unwrap()), 1472);
+    }
+}

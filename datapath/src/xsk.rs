@@ -1,0 +1,496 @@
+//! An AF_XDP socket on one rx queue, as a datapath queue.
+//!
+//! Frame ownership is kept simple enough to prove nothing leaks. The UMEM
+//! holds `2 * ring_size` frames, split once at start:
+//! - RX frames cycle fill ring -> rx ring -> (decoded) -> fill ring. There
+//!   are exactly as many as the fill ring has slots, so refilling always
+//!   fits; anything the kernel has not taken yet waits in `pending_fill`.
+//! - TX frames cycle free list -> tx ring -> completion ring -> free list.
+//!
+//! [`XskQueue::frame_accounting`] exposes the counts; the invariant is
+//! `rx_in_kernel + pending_fill == rx_frames` and
+//! `tx_free + tx_in_flight == tx_frames`.
+
+use std::{
+    io::{self, Write},
+    net::{IpAddr, SocketAddr},
+    num::NonZeroU32,
+    os::fd::{AsRawFd, RawFd},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use smoltcp::wire::EthernetAddress;
+use xsk_rs::{
+    CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem,
+    config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
+};
+
+use crate::{
+    counters::QueueCounters,
+    io::{PacketIo, QueueKind, RxMeta, Transmit, segments},
+    neighbor::{Neighbor, NeighborCache, Neighbors},
+    wire::{self, ChecksumPolicy, DecodeError, FrameRoute, MAX_HEADER_LEN},
+};
+
+const FRAME_SIZE: u32 = 4096;
+/// What the kernel reserves at the head of each frame (XDP_PACKET_HEADROOM).
+const XDP_HEADROOM: u32 = 256;
+/// The longest frame a socket can receive: longer ones must not be
+/// steered (see MAX_FRAME_LEN in the XDP program).
+pub const MAX_FRAME_LEN: u32 = FRAME_SIZE - XDP_HEADROOM;
+const BATCH: usize = 64;
+const KERNEL_STATS_EVERY: Duration = Duration::from_millis(100);
+const NEIGHBORS_PER_GENERATION: usize = 16 * 1024;
+
+/// Whether to ask the driver for zero-copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ZeroCopy {
+    /// Zero-copy if the driver offers it, copy mode otherwise.
+    #[default]
+    Auto,
+    Require,
+    Disable,
+}
+
+/// Settings shared by the sockets of one interface.
+#[derive(Debug, Clone)]
+pub struct XskSettings {
+    pub interface: String,
+    pub mac: EthernetAddress,
+    pub mtu: u32,
+    /// Slots per ring; the UMEM gets twice as many frames.
+    pub ring_size: u32,
+    pub zero_copy: ZeroCopy,
+    pub checksum: ChecksumPolicy,
+    /// The listener's port: the source port of everything we send.
+    pub port: u16,
+    /// Answer from this address when a transmit names none.
+    pub default_src: Option<IpAddr>,
+}
+
+/// Where each frame of the UMEM is, at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameAccounting {
+    pub rx_frames: usize,
+    pub rx_in_kernel: usize,
+    pub pending_fill: usize,
+    pub tx_frames: usize,
+    pub tx_free: usize,
+    pub tx_in_flight: usize,
+}
+
+impl FrameAccounting {
+    pub fn is_balanced(&self) -> bool {
+        self.rx_in_kernel + self.pending_fill == self.rx_frames
+            && self.tx_free + self.tx_in_flight == self.tx_frames
+    }
+}
+
+pub struct XskQueue {
+    kind: QueueKind,
+    umem: Umem,
+    rx: RxQueue,
+    tx: TxQueue,
+    fill: FillQueue,
+    comp: CompQueue,
+    /// Scratch for ring transfers.
+    batch: Vec<FrameDesc>,
+    pending_fill: Vec<FrameDesc>,
+    tx_free: Vec<FrameDesc>,
+    rx_frames: usize,
+    tx_frames: usize,
+    rx_in_kernel: usize,
+    tx_in_flight: usize,
+    tx_unkicked: bool,
+    frame_capacity: usize,
+    settings: XskSettings,
+    neighbors: Neighbors,
+    counters: Arc<QueueCounters>,
+    stats_refreshed: Instant,
+}
+
+// SAFETY: the queue is driven by one thread at a time; xsk-rs rings and the
+// UMEM handle are Send, and the raw frame descriptors are plain data.
+unsafe impl Send for XskQueue {}
+
+impl XskQueue {
+    /// Creates the UMEM and socket on `queue` and primes the fill ring.
+    /// With `ZeroCopy::Auto` a refused zero-copy bind is retried in copy
+    /// mode (on a fresh UMEM, since the refused bind consumed its rings).
+    pub fn open(
+        settings: &XskSettings,
+        queue: u32,
+        shared_neighbors: Arc<Mutex<NeighborCache>>,
+    ) -> Result<Self, String> {
+        let attempts: &[bool] = match settings.zero_copy {
+            ZeroCopy::Auto => &[true, false],
+            ZeroCopy::Require => &[true],
+            ZeroCopy::Disable => &[false],
+        };
+        let mut refusals = Vec::new();
+        for &zero_copy in attempts {
+            match Self::open_once(settings, queue, zero_copy, shared_neighbors.clone()) {
+                Ok(q) => {
+                    if !refusals.is_empty() {
+                        tracing::info!(
+                            interface = settings.interface,
+                            queue,
+                            refused = refusals.join("; "),
+                            "AF_XDP socket in copy mode"
+                        );
+                    }
+                    return Ok(q);
+                }
+                Err(e) => refusals.push(format!(
+                    "{}: {e}",
+                    if zero_copy { "zero-copy" } else { "copy mode" }
+                )),
+            }
+        }
+        Err(refusals.join("; "))
+    }
+
+    fn open_once(
+        settings: &XskSettings,
+        queue: u32,
+        zero_copy: bool,
+        shared_neighbors: Arc<Mutex<NeighborCache>>,
+    ) -> Result<Self, String> {
+        let ring = QueueSize::new(settings.ring_size).map_err(|e| format!("ring size: {e}"))?;
+        let umem_config = UmemConfig::builder()
+            .frame_size(FrameSize::new(FRAME_SIZE).expect("valid frame size"))
+            .fill_queue_size(ring)
+            .comp_queue_size(ring)
+            .build()
+            .map_err(|e| format!("UMEM config: {e}"))?;
+        let frame_capacity = umem_config.mtu() as usize;
+        if frame_capacity < MAX_FRAME_LEN as usize {
+            return Err(format!(
+                "UMEM frames hold {frame_capacity} bytes, the XDP program steers up to {MAX_FRAME_LEN}"
+            ));
+        }
+        let frames = NonZeroU32::new(settings.ring_size * 2).expect("non-zero");
+        let (umem, mut descs) =
+            Umem::new(umem_config, frames, false).map_err(|e| format!("UMEM: {e}"))?;
+
+        let mode = if zero_copy {
+            BindFlags::XDP_ZEROCOPY
+        } else {
+            BindFlags::XDP_COPY
+        };
+        let socket_config = SocketConfig::builder()
+            .rx_queue_size(ring)
+            .tx_queue_size(ring)
+            // We load our own program (aya); libxdp must not.
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+            .bind_flags(mode | BindFlags::XDP_USE_NEED_WAKEUP)
+            .build();
+        let iface: Interface = settings
+            .interface
+            .parse()
+            .map_err(|_| "interface name".to_string())?;
+        // SAFETY: the UMEM outlives the socket (both are owned by the queue)
+        // and its frames are handed out through the rings only.
+        let (tx, rx, fill_comp) = unsafe { Socket::new(socket_config, &umem, &iface, queue) }
+            .map_err(|e| e.to_string())?;
+        let (mut fill, comp) = fill_comp.ok_or("the UMEM's fill and completion rings are taken")?;
+
+        let rx_frames = settings.ring_size as usize;
+        let tx_free = descs.split_off(rx_frames);
+        // SAFETY: these frames belong to this UMEM and nothing else uses them.
+        let primed = unsafe { fill.produce(&descs) };
+        if primed != descs.len() {
+            return Err(format!("fill ring took {primed} of {} frames", descs.len()));
+        }
+        let tx_frames = tx_free.len();
+        let mut q = Self {
+            kind: QueueKind::Xsk {
+                interface: settings.interface.clone(),
+                queue,
+                zero_copy,
+            },
+            umem,
+            rx,
+            tx,
+            fill,
+            comp,
+            batch: vec![FrameDesc::default(); BATCH],
+            pending_fill: Vec::with_capacity(rx_frames),
+            tx_free,
+            rx_frames,
+            tx_frames,
+            rx_in_kernel: rx_frames,
+            tx_in_flight: 0,
+            tx_unkicked: false,
+            frame_capacity,
+            settings: settings.clone(),
+            neighbors: Neighbors::new(shared_neighbors, NEIGHBORS_PER_GENERATION),
+            counters: Arc::default(),
+            stats_refreshed: Instant::now(),
+        };
+        q.wake_fill();
+        Ok(q)
+    }
+
+    pub fn queue_id(&self) -> u32 {
+        match self.kind {
+            QueueKind::Xsk { queue, .. } => queue,
+            _ => unreachable!(),
+        }
+    }
+
+    /// The fd to put in the XSKMAP.
+    pub fn socket_fd(&self) -> RawFd {
+        self.rx.fd().as_raw_fd()
+    }
+
+    pub fn frame_accounting(&self) -> FrameAccounting {
+        FrameAccounting {
+            rx_frames: self.rx_frames,
+            rx_in_kernel: self.rx_in_kernel,
+            pending_fill: self.pending_fill.len(),
+            tx_frames: self.tx_frames,
+            tx_free: self.tx_free.len(),
+            tx_in_flight: self.tx_in_flight,
+        }
+    }
+
+    /// Returns received frames to the fill ring, as many as it has room for.
+    fn refill(&mut self) {
+        if self.pending_fill.is_empty() {
+            return;
+        }
+        // produce() is all-or-nothing: never offer more than the free slots.
+        let room = self.fill.nb_free(self.pending_fill.len() as u32) as usize;
+        let n = room.min(self.pending_fill.len());
+        if n == 0 {
+            return;
+        }
+        // SAFETY: these frames came off our rx ring and are no longer read.
+        let produced = unsafe { self.fill.produce(&self.pending_fill[..n]) };
+        self.pending_fill.drain(..produced);
+        self.rx_in_kernel += produced;
+        self.wake_fill();
+    }
+
+    fn wake_fill(&mut self) {
+        if self.fill.needs_wakeup() {
+            // A poll(2) with zero timeout: tells the driver to refill.
+            let _ = self.fill.wakeup(self.rx.fd_mut(), 0);
+        }
+    }
+
+    fn reclaim_completions(&mut self) {
+        loop {
+            // SAFETY: completed frames are ours again.
+            let n = unsafe { self.comp.consume(&mut self.batch) };
+            if n == 0 {
+                return;
+            }
+            self.tx_free.extend_from_slice(&self.batch[..n]);
+            self.tx_in_flight -= n;
+        }
+    }
+
+    fn kick_tx(&mut self) {
+        if !self.tx_unkicked {
+            return;
+        }
+        // Bound with XDP_USE_NEED_WAKEUP: kick only when the kernel asks.
+        if self.tx.needs_wakeup() {
+            match self.tx.wakeup() {
+                Ok(()) => {}
+                // Transient: the kernel is busy or the ring drains later.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::ENETDOWN)
+                    ) => {}
+                Err(e) => tracing::debug!(error = %e, "AF_XDP tx wakeup"),
+            }
+        }
+        self.tx_unkicked = false;
+    }
+
+    /// Copies the kernel's drop counters into ours.
+    pub fn refresh_kernel_stats(&mut self) {
+        self.stats_refreshed = Instant::now();
+        let Ok(s) = self.rx.fd().xdp_statistics() else {
+            return;
+        };
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.counters;
+        c.rx_ring_full.store(s.rx_ring_full(), Relaxed);
+        c.fill_ring_empty
+            .store(s.rx_fill_ring_empty_descs(), Relaxed);
+        c.rx_dropped.store(s.rx_dropped(), Relaxed);
+        c.rx_invalid_descs.store(s.rx_invalid_descs(), Relaxed);
+        c.tx_invalid_descs.store(s.tx_invalid_descs(), Relaxed);
+    }
+
+    fn route_to(&mut self, ip: &IpAddr) -> Option<FrameRoute> {
+        let n = self.neighbors.lookup(ip)?;
+        Some(FrameRoute {
+            src_mac: self.settings.mac,
+            dst_mac: n.mac,
+            vlan: n.vlan,
+        })
+    }
+
+    fn drop_with(
+        counter: &std::sync::atomic::AtomicU64,
+        kind: io::ErrorKind,
+        msg: String,
+    ) -> io::Error {
+        QueueCounters::add(counter, 1);
+        io::Error::new(kind, msg)
+    }
+}
+
+impl PacketIo for XskQueue {
+    fn recv(&mut self, on_datagram: &mut dyn FnMut(&RxMeta, &[u8])) -> io::Result<usize> {
+        self.refill();
+        // SAFETY: descriptors come back for frames of this UMEM.
+        let n = unsafe { self.rx.consume(&mut self.batch) };
+        self.rx_in_kernel -= n;
+        let mut delivered = 0;
+        for desc in &self.batch[..n] {
+            // SAFETY: the kernel handed this frame over; it is not reused
+            // until we put it back on the fill ring below.
+            let frame = unsafe { self.umem.data(desc) };
+            match wire::parse_udp_frame(frame.contents(), self.settings.checksum) {
+                Ok(d) => {
+                    let neighbor = Neighbor {
+                        mac: d.src_mac,
+                        vlan: d.vlan,
+                    };
+                    self.neighbors.learn(d.src.ip(), neighbor);
+                    QueueCounters::add(&self.counters.rx_packets, 1);
+                    QueueCounters::add(&self.counters.rx_bytes, d.payload.len() as u64);
+                    let meta = RxMeta {
+                        remote: d.src,
+                        local: d.dst,
+                        ecn: d.ecn,
+                    };
+                    on_datagram(&meta, d.payload);
+                    delivered += 1;
+                }
+                Err(DecodeError::BadIpChecksum | DecodeError::BadUdpChecksum) => {
+                    QueueCounters::add(&self.counters.rx_bad_checksum, 1);
+                }
+                Err(e) => {
+                    tracing::trace!(error = %e, "dropping steered frame");
+                    QueueCounters::add(&self.counters.rx_malformed, 1);
+                }
+            }
+        }
+        self.pending_fill.extend_from_slice(&self.batch[..n]);
+        self.refill();
+        Ok(delivered)
+    }
+
+    fn send(&mut self, t: &Transmit<'_>) -> io::Result<()> {
+        let dst = SocketAddr::new(t.destination.ip().to_canonical(), t.destination.port());
+        let src_ip = t
+            .src_ip
+            .or(self.settings.default_src)
+            .map(|ip| ip.to_canonical())
+            .filter(|ip| ip.is_ipv4() == dst.is_ipv4() && !ip.is_unspecified())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("sending to {dst} over AF_XDP needs a source address of its family"),
+                )
+            })?;
+        let src = SocketAddr::new(src_ip, self.settings.port);
+        let max = self.max_datagram_size(&dst);
+        if segments(t).any(|s| s.len() > max) {
+            return Err(Self::drop_with(
+                &self.counters.tx_too_big,
+                io::ErrorKind::InvalidInput,
+                format!("datagram exceeds the {max}-byte limit towards {dst}"),
+            ));
+        }
+        let Some(route) = self.route_to(&dst.ip()) else {
+            return Err(Self::drop_with(
+                &self.counters.tx_no_neighbor,
+                io::ErrorKind::HostUnreachable,
+                format!("no link-layer address learned for {}", dst.ip()),
+            ));
+        };
+        let count = segments(t).count();
+        self.reclaim_completions();
+        if self.tx_free.len() < count || (self.tx.nb_free(count as u32) as usize) < count {
+            // Let the kernel drain the ring before the caller retries.
+            self.tx_unkicked = true;
+            self.kick_tx();
+            return Err(Self::drop_with(
+                &self.counters.tx_ring_full,
+                io::ErrorKind::WouldBlock,
+                "AF_XDP tx ring full".into(),
+            ));
+        }
+        let first = self.tx_free.len() - count;
+        let mut header = [0u8; MAX_HEADER_LEN];
+        for (desc, payload) in self.tx_free[first..].iter_mut().zip(segments(t)) {
+            let len = wire::emit_udp_headers(&mut header, &route, src, dst, t.ecn, payload);
+            // SAFETY: free TX frames are ours alone.
+            let mut data = unsafe { self.umem.data_mut(desc) };
+            let mut cursor = data.cursor();
+            cursor.set_pos(0);
+            cursor.write_all(&header[..len])?;
+            cursor.write_all(payload)?;
+        }
+        // SAFETY: the frames were written above; the ring has room for all.
+        let produced = unsafe { self.tx.produce(&self.tx_free[first..]) };
+        assert_eq!(produced, count, "tx ring accepted part of a checked batch");
+        self.tx_free.truncate(first);
+        self.tx_in_flight += count;
+        self.tx_unkicked = true;
+        QueueCounters::add(&self.counters.tx_packets, count as u64);
+        QueueCounters::add(&self.counters.tx_bytes, t.contents.len() as u64);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.kick_tx();
+        self.reclaim_completions();
+        self.refill();
+        if self.stats_refreshed.elapsed() >= KERNEL_STATS_EVERY {
+            self.refresh_kernel_stats();
+        }
+        Ok(())
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.rx.fd().as_raw_fd()
+    }
+
+    fn max_datagram_size(&self, destination: &SocketAddr) -> usize {
+        let ip_udp = if destination.ip().to_canonical().is_ipv4() {
+            28
+        } else {
+            48
+        };
+        let by_mtu = (self.settings.mtu as usize).saturating_sub(ip_udp);
+        let by_frame = self.frame_capacity.saturating_sub(MAX_HEADER_LEN);
+        by_mtu.min(by_frame)
+    }
+
+    fn kind(&self) -> &QueueKind {
+        &self.kind
+    }
+
+    fn counters(&self) -> &Arc<QueueCounters> {
+        &self.counters
+    }
+
+    fn frame_accounting(&self) -> Option<FrameAccounting> {
+        Some(XskQueue::frame_accounting(self))
+    }
+
+    fn refresh_counters(&mut self) {
+        self.refresh_kernel_stats();
+    }
+}
