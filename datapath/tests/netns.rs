@@ -7,7 +7,7 @@ mod support;
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    process::{Command, Stdio},
+    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -102,6 +102,11 @@ impl EchoServer {
     }
 }
 
+/// A fresh namespace pair, or None when privileged tests are skipped.
+fn testnet(config: TestNetConfig) -> Option<TestNet> {
+    support::privileged().then(|| TestNet::create(&config).unwrap())
+}
+
 fn xdp_config(listen: &str) -> DatapathConfig {
     let mut c = DatapathConfig::new(listen.parse().unwrap());
     c.interface = Some(TestNet::SERVER_IF.into());
@@ -158,15 +163,13 @@ fn assert_frames_balanced(report: &ServerReport) {
 /// ones: every echo comes back intact through the AF_XDP socket.
 #[test]
 fn echo_over_xdp_ipv4_and_ipv6_small_and_mtu_sized() {
-    if !support::privileged() {
-        return;
-    }
     for offload in [true, false] {
-        let net = TestNet::create(&TestNetConfig {
+        let Some(net) = testnet(TestNetConfig {
             client_tx_checksum_offload: offload,
             ..Default::default()
-        })
-        .unwrap();
+        }) else {
+            return;
+        };
         let server = EchoServer::start(&net, xdp_config("[::]:4433")).unwrap();
         assert!(
             matches!(
@@ -214,10 +217,9 @@ fn echo_over_xdp_ipv4_and_ipv6_small_and_mtu_sized() {
 /// traffic stays with the kernel.
 #[test]
 fn address_listener_steers_only_its_address() {
-    if !support::privileged() {
+    let Some(net) = testnet(TestNetConfig::default()) else {
         return;
-    }
-    let net = TestNet::create(&TestNetConfig::default()).unwrap();
+    };
     let server = EchoServer::start(&net, xdp_config("10.77.0.2:4433")).unwrap();
     let r = load(&net, net.server_addr(false, PORT), 1000, 64, 256);
     assert_all_echoed(&r, 1000, "ipv4 listener address");
@@ -242,10 +244,9 @@ fn address_listener_steers_only_its_address() {
 /// is attached, and the verdict counters show them passed.
 #[test]
 fn kernel_traffic_keeps_working_while_attached() {
-    if !support::privileged() {
+    let Some(net) = testnet(TestNetConfig::default()) else {
         return;
-    }
-    let net = TestNet::create(&TestNetConfig::default()).unwrap();
+    };
     let server = EchoServer::start(&net, xdp_config("[::]:4433")).unwrap();
 
     for target in ["10.77.0.2", "fd77::2"] {
@@ -262,18 +263,18 @@ fn kernel_traffic_keeps_working_while_attached() {
         );
     }
 
-    // TCP, on the QUIC port number itself.
+    // TCP, on the QUIC port number itself, over both families.
+    let targets = ["10.77.0.2:4433", "[fd77::2]:4433"];
     let listener = net.server.run(|| TcpListener::bind("[::]:4433").unwrap());
     let accept = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut buf = [0u8; 5];
-        s.read_exact(&mut buf).unwrap();
-        s.write_all(&buf).unwrap();
-    });
-    for target in ["10.77.0.2:4433", "[fd77::2]:4433"] {
-        if target.starts_with('[') {
-            break; // one accept; IPv6 TCP is covered by ping6 + NDP above
+        for _ in targets {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).unwrap();
+            s.write_all(&buf).unwrap();
         }
+    });
+    for target in targets {
         let echoed = net.client.run(|| {
             let mut s =
                 TcpStream::connect_timeout(&target.parse().unwrap(), Duration::from_secs(3))
@@ -283,7 +284,7 @@ fn kernel_traffic_keeps_working_while_attached() {
             s.read_exact(&mut buf).unwrap();
             buf
         });
-        assert_eq!(&echoed, b"tcp!!");
+        assert_eq!(&echoed, b"tcp!!", "{target}");
     }
     accept.join().unwrap();
 
@@ -319,14 +320,12 @@ fn kernel_traffic_keeps_working_while_attached() {
 /// kernel; flows spread over both queues.
 #[test]
 fn one_socket_per_rx_queue() {
-    if !support::privileged() {
-        return;
-    }
-    let net = TestNet::create(&TestNetConfig {
+    let Some(net) = testnet(TestNetConfig {
         queues: 2,
         ..Default::default()
-    })
-    .unwrap();
+    }) else {
+        return;
+    };
     let server = EchoServer::start(&net, xdp_config("[::]:4433")).unwrap();
     match &server.mode {
         ActiveMode::Xdp { queues, .. } => assert_eq!(queues, &[0, 1]),
@@ -361,14 +360,12 @@ fn one_socket_per_rx_queue() {
 /// misses.
 #[test]
 fn datagrams_on_an_unbound_queue_are_served_by_the_reservation_socket() {
-    if !support::privileged() {
-        return;
-    }
-    let net = TestNet::create(&TestNetConfig {
+    let Some(net) = testnet(TestNetConfig {
         queues: 2,
         ..Default::default()
-    })
-    .unwrap();
+    }) else {
+        return;
+    };
     let mut config = xdp_config("[::]:4433");
     config.queues = Some(vec![0]);
     let server = EchoServer::start(&net, config).unwrap();
@@ -399,14 +396,12 @@ fn datagrams_on_an_unbound_queue_are_served_by_the_reservation_socket() {
 /// socket instead of being dropped.
 #[test]
 fn oversized_peer_mtu_falls_back_to_generic_xdp() {
-    if !support::privileged() {
-        return;
-    }
-    let net = TestNet::create(&TestNetConfig {
+    let Some(net) = testnet(TestNetConfig {
         mtu: 9000,
         ..Default::default()
-    })
-    .unwrap();
+    }) else {
+        return;
+    };
     let mut native = xdp_config("[::]:4433");
     native.attach = AttachPreference::NativeOnly;
     let err = EchoServer::start(&net, native)
@@ -450,10 +445,9 @@ fn oversized_peer_mtu_falls_back_to_generic_xdp() {
 /// falls back to kernel UDP, says why, and serves.
 #[test]
 fn without_privilege_auto_falls_back_and_xdp_mode_fails_clearly() {
-    if !support::privileged() {
+    let Some(net) = testnet(TestNetConfig::default()) else {
         return;
-    }
-    let net = TestNet::create(&TestNetConfig::default()).unwrap();
+    };
     let drop_caps = |mode: Mode| {
         let net = &net;
         net.server.run(move || {
@@ -477,10 +471,9 @@ fn without_privilege_auto_falls_back_and_xdp_mode_fails_clearly() {
 /// The kernel-UDP datapath serves the same echo in the same namespaces.
 #[test]
 fn udp_mode_echo_between_namespaces() {
-    if !support::privileged() {
+    let Some(net) = testnet(TestNetConfig::default()) else {
         return;
-    }
-    let net = TestNet::create(&TestNetConfig::default()).unwrap();
+    };
     let mut config = xdp_config("[::]:4433");
     config.mode = Mode::Udp;
     let server = EchoServer::start(&net, config).unwrap();
@@ -511,10 +504,9 @@ fn xdp_attached(net: &TestNet) -> bool {
 /// interface has no program and the port belongs to the kernel again.
 #[test]
 fn program_is_gone_when_the_process_exits() {
-    if !support::privileged() {
+    let Some(net) = testnet(TestNetConfig::default()) else {
         return;
-    }
-    let net = TestNet::create(&TestNetConfig::default()).unwrap();
+    };
     let mut child = net
         .server
         .command(env!("CARGO_BIN_EXE_xdp-udp-echo"))
@@ -572,5 +564,4 @@ fn program_is_gone_when_the_process_exits() {
     let mut buf = [0u8; 8];
     let (n, _) = kernel.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"kernel");
-    drop(Command::new("true"));
 }
