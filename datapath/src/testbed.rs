@@ -308,6 +308,39 @@ impl EchoReport {
     }
 }
 
+/// Sequence numbers sent and not yet echoed: `first..first + len`, with a
+/// flag per number. Bounded by the window plus what was lost.
+#[derive(Default)]
+struct Outstanding {
+    first: u64,
+    echoed: std::collections::VecDeque<bool>,
+}
+
+impl Outstanding {
+    fn sent_up_to(&mut self, end: u64) {
+        let len = (end - self.first) as usize;
+        self.echoed.resize(len, false);
+    }
+
+    /// Marks `seq` echoed; false if it was never sent or already echoed.
+    fn take(&mut self, seq: u64) -> bool {
+        let Some(flag) = seq
+            .checked_sub(self.first)
+            .and_then(|i| self.echoed.get_mut(i as usize))
+        else {
+            return false;
+        };
+        if std::mem::replace(flag, true) {
+            return false;
+        }
+        while self.echoed.front() == Some(&true) {
+            self.echoed.pop_front();
+            self.first += 1;
+        }
+        true
+    }
+}
+
 fn fill_payload(seq: u64, buf: &mut [u8]) {
     buf[..8].copy_from_slice(&seq.to_be_bytes());
     for (i, b) in buf[8..].iter_mut().enumerate() {
@@ -337,7 +370,7 @@ pub fn run_echo_load(load: &EchoLoad) -> io::Result<EchoReport> {
     let gso = gso.min(60_000 / load.size).max(1);
 
     let window = load.window.max(1);
-    let mut seen = vec![false; load.count as usize];
+    let mut outstanding = Outstanding::default();
     let mut report = EchoReport::default();
     let mut batch = vec![0u8; gso * load.size];
     let mut expected = vec![0u8; load.size];
@@ -364,7 +397,10 @@ pub fn run_echo_load(load: &EchoLoad) -> io::Result<EchoReport> {
                 src_ip: None,
             };
             match state.try_send((&socket).into(), &t) {
-                Ok(()) => report.sent += n as u64,
+                Ok(()) => {
+                    report.sent += n as u64;
+                    outstanding.sent_up_to(report.sent);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => report.refused += 1,
                 Err(e) => return Err(e),
@@ -380,9 +416,8 @@ pub fn run_echo_load(load: &EchoLoad) -> io::Result<EchoReport> {
                         let seq = echo
                             .get(..8)
                             .map(|s| u64::from_be_bytes(s.try_into().unwrap()));
-                        match seq.filter(|&s| s < report.sent && !seen[s as usize]) {
+                        match seq.filter(|&s| outstanding.take(s)) {
                             Some(seq) => {
-                                seen[seq as usize] = true;
                                 report.received += 1;
                                 fill_payload(seq, &mut expected);
                                 if echo != &expected[..] {

@@ -171,8 +171,8 @@ impl XskQueue {
             ));
         }
         let frames = NonZeroU32::new(settings.ring_size * 2).expect("non-zero");
-        let (umem, mut descs) =
-            Umem::new(umem_config, frames, false).map_err(|e| format!("UMEM: {e}"))?;
+        let (umem, mut descs) = Umem::new(umem_config, frames, false)
+            .map_err(|e| format!("UMEM: {}", crate::error::chain(&e)))?;
 
         let mode = if zero_copy {
             BindFlags::XDP_ZEROCOPY
@@ -193,7 +193,7 @@ impl XskQueue {
         // SAFETY: the UMEM outlives the socket (both are owned by the queue)
         // and its frames are handed out through the rings only.
         let (tx, rx, fill_comp) = unsafe { Socket::new(socket_config, &umem, &iface, queue) }
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::error::chain(&e))?;
         let (mut fill, comp) = fill_comp.ok_or("the UMEM's fill and completion rings are taken")?;
 
         let rx_frames = settings.ring_size as usize;

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian packages quic-xdp needs to build and test:
+# clang/llvm and libbpf headers for the XDP program, libelf/zlib/libpcap/m4
+# for the libxdp that xsk-rs builds from source, iproute2/ping/ethtool for
+# the namespace tests and the demo.
+set -euo pipefail
+
+packages=(clang llvm m4 pkg-config libelf-dev zlib1g-dev libpcap-dev libbpf-dev
+          iproute2 iputils-ping ethtool)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "missing packages: ${missing[*]} - run as root, or: sudo apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "installing: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+    echo "cargo not found: install Rust 1.85 or newer (rustup), then run this again" >&2
+    exit 1
+fi
