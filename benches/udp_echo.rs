@@ -96,6 +96,7 @@ fn round(
             duration: Some(Duration::from_secs_f64(args.secs)),
             idle_timeout: Duration::from_secs(2),
             gso: true,
+            ecn: None,
         })
     });
     server.stop();

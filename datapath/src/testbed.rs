@@ -17,7 +17,7 @@ use std::{
 };
 
 use nix::sched::{CloneFlags, setns};
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use quinn_udp::{EcnCodepoint, RecvMeta, Transmit, UdpSocketState};
 
 const PREFIX: &str = "qxt-";
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -283,6 +283,25 @@ pub struct EchoLoad {
     pub idle_timeout: Duration,
     /// Send in UDP GSO batches (one syscall for many datagrams).
     pub gso: bool,
+    /// ECN codepoint to send with; each echo must come back with it.
+    pub ecn: Option<EcnCodepoint>,
+}
+
+impl EchoLoad {
+    /// 1000 datagrams of 64 bytes, 256 in flight, GSO, no ECN, giving up
+    /// after 3 s without an echo.
+    pub fn new(target: SocketAddr) -> Self {
+        Self {
+            target,
+            count: 1000,
+            size: 64,
+            window: 256,
+            duration: None,
+            idle_timeout: Duration::from_secs(3),
+            gso: true,
+            ecn: None,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -295,6 +314,8 @@ pub struct EchoReport {
     pub unexpected: u64,
     /// ICMP port-unreachable answers: nothing served the port.
     pub refused: u64,
+    /// Echoes whose ECN codepoint differs from the one sent.
+    pub ecn_mismatches: u64,
     pub elapsed: Duration,
 }
 
@@ -391,7 +412,7 @@ pub fn run_echo_load(load: &EchoLoad) -> io::Result<EchoReport> {
             }
             let t = Transmit {
                 destination: load.target,
-                ecn: None,
+                ecn: load.ecn,
                 contents: &batch[..n * load.size],
                 segment_size: (n > 1).then_some(load.size),
                 src_ip: None,
@@ -412,6 +433,10 @@ pub fn run_echo_load(load: &EchoLoad) -> io::Result<EchoReport> {
             Ok(n) => {
                 last_progress = Instant::now();
                 for (meta, buf) in metas[..n].iter().zip(&rx_bufs) {
+                    let segments = meta.len.div_ceil(meta.stride.max(1)) as u64;
+                    if meta.ecn != load.ecn {
+                        report.ecn_mismatches += segments;
+                    }
                     for echo in buf[..meta.len].chunks(meta.stride.max(1)) {
                         let seq = echo
                             .get(..8)

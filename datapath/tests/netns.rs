@@ -25,6 +25,7 @@ use datapath::{
     testbed::{EchoLoad, EchoReport, TestNet, TestNetConfig, run_echo_load},
     xsk::FrameAccounting,
 };
+use quinn_udp::EcnCodepoint;
 
 const PORT: u16 = 4433;
 
@@ -114,36 +115,31 @@ fn xdp_config(listen: &str) -> DatapathConfig {
     c
 }
 
-fn load(net: &TestNet, target: SocketAddr, count: u64, size: usize, window: usize) -> EchoReport {
-    load_with(net, target, count, size, window, true)
+/// Runs `load` from the client namespace.
+fn run_load(net: &TestNet, load: EchoLoad) -> EchoReport {
+    net.client.run(|| run_echo_load(&load)).unwrap()
 }
 
-fn load_with(
-    net: &TestNet,
-    target: SocketAddr,
-    count: u64,
-    size: usize,
-    window: usize,
-    gso: bool,
-) -> EchoReport {
-    net.client
-        .run(|| {
-            run_echo_load(&EchoLoad {
-                target,
-                count,
-                size,
-                window,
-                duration: None,
-                idle_timeout: Duration::from_secs(3),
-                gso,
-            })
-        })
-        .unwrap()
+/// `count` datagrams of `size` bytes, `window` in flight.
+fn load(net: &TestNet, target: SocketAddr, count: u64, size: usize, window: usize) -> EchoReport {
+    run_load(
+        net,
+        EchoLoad {
+            count,
+            size,
+            window,
+            ..EchoLoad::new(target)
+        },
+    )
 }
 
 fn assert_all_echoed(r: &EchoReport, count: u64, what: &str) {
     assert_eq!((r.sent, r.received), (count, count), "{what}: {r:?}");
-    assert_eq!((r.corrupted, r.unexpected), (0, 0), "{what}: {r:?}");
+    assert_eq!(
+        (r.corrupted, r.unexpected, r.ecn_mismatches),
+        (0, 0, 0),
+        "{what}: {r:?}"
+    );
 }
 
 fn assert_frames_balanced(report: &ServerReport) {
@@ -211,6 +207,61 @@ fn echo_over_xdp_ipv4_and_ipv6_small_and_mtu_sized() {
         );
         assert_frames_balanced(&report);
     }
+}
+
+/// ECN codepoints survive the trip both ways: read from the IP header on
+/// receive, written into the reply's.
+#[test]
+fn ecn_codepoints_are_echoed() {
+    let Some(net) = testnet(TestNetConfig::default()) else {
+        return;
+    };
+    let server = EchoServer::start(&net, xdp_config("[::]:4433")).unwrap();
+    for v6 in [false, true] {
+        for ecn in [EcnCodepoint::Ect0, EcnCodepoint::Ect1, EcnCodepoint::Ce] {
+            let target = net.server_addr(v6, PORT);
+            let r = run_load(
+                &net,
+                EchoLoad {
+                    count: 200,
+                    ecn: Some(ecn),
+                    ..EchoLoad::new(target)
+                },
+            );
+            assert_all_echoed(&r, 200, &format!("v6={v6} {ecn:?}"));
+        }
+    }
+    assert_eq!(server.stop().xsk().rx_packets, 6 * 200);
+}
+
+/// With a socket bound on the queue, the program's verdict for a QUIC
+/// datagram is XDP_REDIRECT (run in the kernel on a crafted frame).
+#[test]
+fn bound_queue_gets_the_redirect_verdict() {
+    let Some(net) = testnet(TestNetConfig::default()) else {
+        return;
+    };
+    let verdicts = net.server.run(|| {
+        let dp = Datapath::open(&xdp_config("[::]:4433")).unwrap();
+        let prog = dp.steering().unwrap();
+        let frame = |dst: &str| {
+            let route = datapath::wire::FrameRoute {
+                src_mac: smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 1]),
+                dst_mac: smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 2]),
+                vlan: None,
+            };
+            let (src, dst): (SocketAddr, SocketAddr) =
+                ("10.77.0.1:5000".parse().unwrap(), dst.parse().unwrap());
+            let mut hdr = [0u8; datapath::wire::MAX_HEADER_LEN];
+            let n = datapath::wire::emit_udp_headers(&mut hdr, &route, src, dst, None, b"quic");
+            let mut f = hdr[..n].to_vec();
+            f.extend_from_slice(b"quic");
+            prog.test_run(&f).unwrap()
+        };
+        (frame("10.77.0.2:4433"), frame("10.77.0.2:53"))
+    });
+    use datapath::program::XdpAction;
+    assert_eq!(verdicts, (XdpAction::Redirect, XdpAction::Pass));
 }
 
 /// An address listener serves its address only; the rest of the port's
@@ -423,9 +474,20 @@ fn oversized_peer_mtu_falls_back_to_generic_xdp() {
         "{}",
         server.mode
     );
-    let r = load_with(&net, net.server_addr(false, PORT), 2000, 1400, 256, false);
+    let base = EchoLoad {
+        count: 2000,
+        size: 1400,
+        ..EchoLoad::new(net.server_addr(false, PORT))
+    };
+    let r = run_load(
+        &net,
+        EchoLoad {
+            gso: false,
+            ..base.clone()
+        },
+    );
     assert_all_echoed(&r, 2000, "generic mode, one datagram per send");
-    let r = load_with(&net, net.server_addr(false, PORT), 2000, 1400, 256, true);
+    let r = run_load(&net, base);
     assert_all_echoed(&r, 2000, "generic mode, GSO batches");
     let report = server.stop();
     assert_eq!(report.xsk().rx_packets + report.misses().rx_packets, 4000);

@@ -48,6 +48,7 @@ fn run() -> anyhow::Result<()> {
         duration: Some(Duration::from_secs_f64(args.duration)),
         idle_timeout: Duration::from_secs(2),
         gso: !args.no_gso,
+        ecn: None,
     })?;
     println!(
         "sent {} received {} lost {} corrupted {} unexpected {} refused {} in {:.2?}: {:.0} echoes/s",
