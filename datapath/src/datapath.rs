@@ -74,9 +74,6 @@ impl DatapathConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.listen.port() == 0 {
-            return Err(Error::Config("the listen port must not be 0".into()));
-        }
         if !self.ring_size.is_power_of_two() || !(64..=32768).contains(&self.ring_size) {
             return Err(Error::Config(format!(
                 "ring size {} must be a power of two from 64 to 32768",
@@ -178,6 +175,12 @@ impl Datapath {
     }
 
     fn open_xdp(config: &DatapathConfig) -> Result<Self> {
+        if config.listen.port() == 0 {
+            return Err(Error::Unsupported {
+                interface: config.interface.clone().unwrap_or_else(|| "?".into()),
+                reason: "XDP steers a fixed port: port 0 (any free port) needs UDP mode".into(),
+            });
+        }
         let name = match &config.interface {
             Some(name) => name.clone(),
             None => {
@@ -372,6 +375,12 @@ mod tests {
         assert!(matches!(Datapath::open(&config), Err(Error::Config(_))));
         config.ring_size = 2048;
         config.listen.set_port(0);
-        assert!(matches!(Datapath::open(&config), Err(Error::Config(_))));
+        config.mode = Mode::Xdp;
+        assert!(matches!(
+            Datapath::open(&config),
+            Err(Error::Unsupported { .. })
+        ));
+        config.mode = Mode::Udp;
+        assert_ne!(Datapath::open(&config).unwrap().local_addr().port(), 0);
     }
 }

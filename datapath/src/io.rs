@@ -62,6 +62,9 @@ pub trait PacketIo: Send {
     /// The largest UDP payload `send` accepts towards `destination`.
     fn max_datagram_size(&self, destination: &SocketAddr) -> usize;
 
+    /// How many datagrams one `send` may carry as a `segment_size` batch.
+    fn max_segments(&self) -> usize;
+
     fn kind(&self) -> &QueueKind;
 
     /// This queue's counters (shared, so other threads can read them).

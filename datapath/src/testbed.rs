@@ -22,6 +22,22 @@ use quinn_udp::{EcnCodepoint, RecvMeta, Transmit, UdpSocketState};
 const PREFIX: &str = "qxt-";
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// Whether tests that need root (namespaces, BPF) should run. Without
+/// root they fail - a skipped test must never look like a passed one -
+/// unless the caller opts out with QUIC_XDP_SKIP_PRIVILEGED=1.
+pub fn privileged() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("QUIC_XDP_SKIP_PRIVILEGED").is_some() {
+        eprintln!("skipped: needs root (QUIC_XDP_SKIP_PRIVILEGED is set)");
+        return false;
+    }
+    panic!(
+        "this test needs root (CAP_BPF, CAP_NET_ADMIN); set QUIC_XDP_SKIP_PRIVILEGED=1 to skip it"
+    );
+}
+
 /// Runs `ip` with `args`; an error carries its stderr.
 pub fn ip(args: &[&str]) -> io::Result<()> {
     run(Command::new("ip").args(args))
@@ -254,6 +270,17 @@ impl TestNet {
                 .args(["-K", Self::CLIENT_IF, "tx", "off"]))?;
         }
         Ok(())
+    }
+
+    /// Whether an XDP program is attached to the server's interface.
+    pub fn server_xdp_attached(&self) -> bool {
+        let out = self
+            .server
+            .command("ip")
+            .args(["link", "show", Self::SERVER_IF])
+            .output()
+            .expect("run ip");
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
     }
 
     pub fn server_addr(&self, v6: bool, port: u16) -> SocketAddr {

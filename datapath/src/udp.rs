@@ -232,6 +232,10 @@ impl PacketIo for UdpQueue {
         self.mtu.saturating_sub(overhead)
     }
 
+    fn max_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
     fn kind(&self) -> &QueueKind {
         &self.kind
     }

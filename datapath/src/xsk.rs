@@ -40,6 +40,8 @@ const XDP_HEADROOM: u32 = 256;
 /// steered (see MAX_FRAME_LEN in the XDP program).
 pub const MAX_FRAME_LEN: u32 = FRAME_SIZE - XDP_HEADROOM;
 const BATCH: usize = 64;
+/// Datagrams per `send` batch: a GSO batch becomes this many frames.
+const MAX_SEGMENTS: usize = 32;
 const KERNEL_STATS_EVERY: Duration = Duration::from_millis(100);
 const NEIGHBORS_PER_GENERATION: usize = 16 * 1024;
 
@@ -476,6 +478,10 @@ impl PacketIo for XskQueue {
         let by_mtu = (self.settings.mtu as usize).saturating_sub(ip_udp);
         let by_frame = self.frame_capacity.saturating_sub(MAX_HEADER_LEN);
         by_mtu.min(by_frame)
+    }
+
+    fn max_segments(&self) -> usize {
+        MAX_SEGMENTS
     }
 
     fn kind(&self) -> &QueueKind {

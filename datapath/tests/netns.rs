@@ -2,8 +2,6 @@
 //! that each test creates (and removes, also on failure): a kernel UDP
 //! client in one, the XDP-backed echo in the other.
 
-mod support;
-
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -105,7 +103,7 @@ impl EchoServer {
 
 /// A fresh namespace pair, or None when privileged tests are skipped.
 fn testnet(config: TestNetConfig) -> Option<TestNet> {
-    support::privileged().then(|| TestNet::create(&config).unwrap())
+    datapath::testbed::privileged().then(|| TestNet::create(&config).unwrap())
 }
 
 fn xdp_config(listen: &str) -> DatapathConfig {
@@ -552,16 +550,6 @@ fn udp_mode_echo_between_namespaces() {
     assert_eq!(server.stop().total(|_| true).rx_packets, 6000);
 }
 
-fn xdp_attached(net: &TestNet) -> bool {
-    let out = net
-        .server
-        .command("ip")
-        .args(["link", "show", TestNet::SERVER_IF])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
-}
-
 /// The XDP program lives only as long as the process: after a SIGKILL the
 /// interface has no program and the port belongs to the kernel again.
 #[test]
@@ -597,7 +585,7 @@ fn program_is_gone_when_the_process_exits() {
     let mut lines = BufReader::new(stdout).lines();
     let mode = lines.next().unwrap().unwrap();
     assert!(mode.starts_with("mode: xdp on veth-s"), "{mode}");
-    assert!(xdp_attached(&net));
+    assert!(net.server_xdp_attached());
     assert_all_echoed(
         &load(&net, net.server_addr(false, PORT), 100, 64, 16),
         100,
@@ -607,7 +595,7 @@ fn program_is_gone_when_the_process_exits() {
     child.0.kill().unwrap(); // SIGKILL: no destructor runs
     child.0.wait().unwrap();
     assert!(
-        !xdp_attached(&net),
+        !net.server_xdp_attached(),
         "program still attached after the process died"
     );
 

@@ -2,8 +2,6 @@
 //! BPF_PROG_TEST_RUN. Each case asserts the return code and that exactly
 //! the expected reason counter moved.
 
-mod support;
-
 use std::net::SocketAddr;
 
 use datapath::{
@@ -75,7 +73,7 @@ fn any_address_program() -> SteeringProgram {
 
 #[test]
 fn quic_datagrams_match_and_fall_back_to_pass_without_a_socket() {
-    if !support::privileged() {
+    if !datapath::testbed::privileged() {
         return;
     }
     let prog = any_address_program();
@@ -128,7 +126,7 @@ fn quic_datagrams_match_and_fall_back_to_pass_without_a_socket() {
 
 #[test]
 fn everything_else_passes_to_the_kernel_with_its_reason() {
-    if !support::privileged() {
+    if !datapath::testbed::privileged() {
         return;
     }
     let prog = any_address_program();
@@ -181,7 +179,7 @@ fn everything_else_passes_to_the_kernel_with_its_reason() {
 
 #[test]
 fn truncated_and_malformed_frames_pass_untouched() {
-    if !support::privileged() {
+    if !datapath::testbed::privileged() {
         return;
     }
     let prog = any_address_program();
@@ -240,7 +238,7 @@ fn truncated_and_malformed_frames_pass_untouched() {
 
 #[test]
 fn an_address_listener_only_matches_its_address_and_family() {
-    if !support::privileged() {
+    if !datapath::testbed::privileged() {
         return;
     }
     let mut prog = SteeringProgram::load(1, None).unwrap();
@@ -264,7 +262,7 @@ fn an_address_listener_only_matches_its_address_and_family() {
 
 #[test]
 fn a_program_with_no_listener_matches_nothing() {
-    if !support::privileged() {
+    if !datapath::testbed::privileged() {
         return;
     }
     let prog = SteeringProgram::load(1, None).unwrap();
@@ -279,7 +277,7 @@ fn a_program_with_no_listener_matches_nothing() {
 
 #[test]
 fn matching_frames_larger_than_a_umem_frame_go_to_the_kernel() {
-    if !support::privileged() {
+    if !datapath::testbed::privileged() {
         return;
     }
     let mut prog = SteeringProgram::load(1, Some(1000)).unwrap();

@@ -1,0 +1,155 @@
+//! Development certificates: a throwaway CA and a leaf it signs.
+//!
+//! Clients such as rustls reject a self-signed certificate used as its own
+//! CA (CA:TRUE on the leaf), so the server gets a proper CA:FALSE leaf and
+//! clients trust the CA. Keys live in memory unless written out.
+
+use std::{fs, io, path::Path};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// A CA certificate and a server certificate (with key) signed by it.
+pub struct DevCerts {
+    ca: rcgen::Certificate,
+    leaf: rcgen::Certificate,
+    leaf_key: KeyPair,
+}
+
+pub const CA_FILE: &str = "ca.pem";
+pub const CERT_FILE: &str = "cert.pem";
+pub const KEY_FILE: &str = "key.pem";
+
+impl DevCerts {
+    /// A fresh CA and a leaf valid for `names` (DNS names or IP addresses).
+    pub fn generate(names: &[String]) -> Result<Self, rcgen::Error> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name = name("quic-xdp development CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let leaf_key = KeyPair::generate()?;
+        let mut leaf_params = CertificateParams::new(names.to_vec())?;
+        leaf_params.is_ca = IsCa::ExplicitNoCa;
+        leaf_params.distinguished_name = name("quic-xdp development server");
+        leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
+        Ok(Self { ca, leaf, leaf_key })
+    }
+
+    /// Valid for localhost, 127.0.0.1 and ::1.
+    pub fn localhost() -> Result<Self, rcgen::Error> {
+        Self::generate(&["localhost".into(), "127.0.0.1".into(), "::1".into()])
+    }
+
+    /// What clients should trust.
+    pub fn ca_der(&self) -> CertificateDer<'static> {
+        self.ca.der().clone()
+    }
+
+    /// The server's chain: leaf, then CA.
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        vec![self.leaf.der().clone(), self.ca.der().clone()]
+    }
+
+    pub fn key(&self) -> PrivateKeyDer<'static> {
+        PrivatePkcs8KeyDer::from(self.leaf_key.serialize_der()).into()
+    }
+
+    /// Writes ca.pem, cert.pem (leaf + CA) and key.pem into `dir`.
+    pub fn write_pem(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)?;
+        fs::write(dir.join(CA_FILE), self.ca.pem())?;
+        fs::write(dir.join(CERT_FILE), self.leaf.pem() + &self.ca.pem())?;
+        write_private(
+            &dir.join(KEY_FILE),
+            self.leaf_key.serialize_pem().as_bytes(),
+        )
+    }
+}
+
+fn name(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaf_is_not_a_ca_and_chains_to_the_ca() {
+        let certs = DevCerts::generate(&["example.test".into(), "10.0.0.1".into()]).unwrap();
+        let chain = certs.chain();
+        assert_eq!(chain.len(), 2);
+        assert_eq!(chain[1], certs.ca_der());
+        // basicConstraints (OID 2.5.29.19), critical, then its value:
+        // SEQUENCE { cA FALSE } (explicit, or omitted as the default) in the
+        // leaf, SEQUENCE { cA TRUE } in the CA.
+        let ext = |value: &[u8]| {
+            let mut der = vec![
+                0x06,
+                0x03,
+                0x55,
+                0x1d,
+                0x13,
+                0x01,
+                0x01,
+                0xff,
+                0x04,
+                value.len() as u8,
+            ];
+            der.extend_from_slice(value);
+            der
+        };
+        let ca = ext(&[0x30, 0x03, 0x01, 0x01, 0xff]);
+        let not_ca = [ext(&[0x30, 0x03, 0x01, 0x01, 0x00]), ext(&[0x30, 0x00])];
+        assert!(
+            not_ca.iter().any(|e| contains(&chain[0], e)),
+            "leaf must be CA:FALSE"
+        );
+        assert!(!contains(&chain[0], &ca));
+        assert!(contains(&chain[1], &ca), "CA must be CA:TRUE");
+        assert!(contains(&chain[0], b"example.test"));
+        assert!(!matches!(certs.key(), PrivateKeyDer::Pkcs1(_)));
+    }
+
+    #[test]
+    fn pem_files_are_written_with_a_private_key_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("qx-certs-{}", std::process::id()));
+        DevCerts::localhost().unwrap().write_pem(&dir).unwrap();
+        let cert = fs::read_to_string(dir.join(CERT_FILE)).unwrap();
+        assert_eq!(cert.matches("BEGIN CERTIFICATE").count(), 2);
+        let key = dir.join(KEY_FILE);
+        assert!(fs::read_to_string(&key).unwrap().contains("PRIVATE KEY"));
+        assert_eq!(
+            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+}

@@ -1,0 +1,212 @@
+//! Configuring and binding an [`Endpoint`].
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use datapath::{Datapath, DatapathConfig, Mode};
+use quinn_proto::{
+    EndpointConfig, ServerConfig, TransportConfig, crypto::rustls::QuicServerConfig,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+use crate::{Endpoint, Error, engine::Admission};
+
+/// When new connections must first prove their address with a Retry
+/// round trip (costs the client one RTT, protects against spoofed floods).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryPolicy {
+    Never,
+    Always,
+    /// Once this many attempts are waiting for the application or still
+    /// handshaking.
+    WhenBusy {
+        unvalidated: usize,
+    },
+}
+
+enum Identity {
+    /// A fresh development CA and leaf (see `Endpoint::dev_ca_certificate`).
+    Dev,
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    Chain {
+        certs: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    },
+}
+
+pub struct EndpointBuilder {
+    datapath: DatapathConfig,
+    identity: Identity,
+    alpn: Vec<Vec<u8>>,
+    transport: Option<Arc<TransportConfig>>,
+    server_config: Option<ServerConfig>,
+    max_connections: usize,
+    retry: RetryPolicy,
+}
+
+impl EndpointBuilder {
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            datapath: DatapathConfig::new(listen),
+            identity: Identity::Dev,
+            alpn: Vec::new(),
+            transport: None,
+            server_config: None,
+            max_connections: 10_000,
+            retry: RetryPolicy::WhenBusy { unvalidated: 256 },
+        }
+    }
+
+    /// The interface to steer on (XDP); by default the one owning the
+    /// listen address.
+    pub fn interface(mut self, name: impl Into<String>) -> Self {
+        self.datapath.interface = Some(name.into());
+        self
+    }
+
+    /// XDP, kernel UDP, or XDP where possible (the default).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.datapath.mode = mode;
+        self
+    }
+
+    /// Finer datapath settings: attach mode, zero-copy, queues, rings.
+    pub fn datapath(mut self, edit: impl FnOnce(&mut DatapathConfig)) -> Self {
+        edit(&mut self.datapath);
+        self
+    }
+
+    /// PEM files: the certificate chain (leaf first) and its private key.
+    pub fn cert_files(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.identity = Identity::Files {
+            cert: cert.into(),
+            key: key.into(),
+        };
+        self
+    }
+
+    pub fn certificate(
+        mut self,
+        certs: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Self {
+        self.identity = Identity::Chain { certs, key };
+        self
+    }
+
+    /// Application protocols offered in ALPN, in order of preference.
+    pub fn alpn<P: AsRef<[u8]>>(mut self, protocols: impl IntoIterator<Item = P>) -> Self {
+        self.alpn = protocols.into_iter().map(|p| p.as_ref().to_vec()).collect();
+        self
+    }
+
+    pub fn transport_config(mut self, config: TransportConfig) -> Self {
+        self.transport = Some(Arc::new(config));
+        self
+    }
+
+    /// A complete quinn-proto server configuration; identity, ALPN and
+    /// transport settings given here are then ignored.
+    pub fn server_config(mut self, config: ServerConfig) -> Self {
+        self.server_config = Some(config);
+        self
+    }
+
+    /// Attempts beyond this many open connections are refused.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Opens the datapath and starts the engine thread.
+    pub fn bind(self) -> Result<Endpoint, Error> {
+        let (server_config, dev_ca) = match self.server_config {
+            Some(config) => (config, None),
+            None => {
+                let (certs, key, dev_ca) = identity(self.identity, &self.datapath)?;
+                let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(|e| Error::Tls(e.to_string()))?
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .map_err(|e| Error::Tls(e.to_string()))?;
+                tls.alpn_protocols = self.alpn;
+                // 0-RTT: quinn-proto requires exactly this value to enable it.
+                tls.max_early_data_size = u32::MAX;
+                let crypto =
+                    QuicServerConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
+                let mut config = ServerConfig::with_crypto(Arc::new(crypto));
+                if let Some(t) = self.transport {
+                    config.transport_config(t);
+                }
+                (config, dev_ca)
+            }
+        };
+        let mut datapath = Datapath::open(&self.datapath)?;
+        let queues = datapath.take_queues();
+        let endpoint = quinn_proto::Endpoint::new(
+            Arc::new(EndpointConfig::default()),
+            Some(Arc::new(server_config)),
+            true,
+            None,
+        );
+        let admission = Admission {
+            max_connections: self.max_connections,
+            retry: self.retry,
+        };
+        Endpoint::start(endpoint, datapath, queues, admission, dev_ca)
+    }
+}
+
+type Chain = (
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+    Option<CertificateDer<'static>>,
+);
+
+fn identity(identity: Identity, datapath: &DatapathConfig) -> Result<Chain, Error> {
+    match identity {
+        Identity::Chain { certs, key } => Ok((certs, key, None)),
+        Identity::Files { cert, key } => {
+            let certs = CertificateDer::pem_file_iter(&cert)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| Error::Certificate {
+                    path: cert.clone(),
+                    reason: e.to_string(),
+                })?;
+            if certs.is_empty() {
+                return Err(Error::Certificate {
+                    path: cert,
+                    reason: "no CERTIFICATE block".into(),
+                });
+            }
+            let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| Error::Certificate {
+                path: key.clone(),
+                reason: e.to_string(),
+            })?;
+            Ok((certs, key, None))
+        }
+        Identity::Dev => {
+            let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+            let ip = datapath.listen.ip();
+            if !ip.is_unspecified() {
+                names.push(ip.to_string());
+            }
+            let dev = certs::DevCerts::generate(&names).map_err(|e| Error::Tls(e.to_string()))?;
+            tracing::warn!(
+                ?names,
+                "no certificate configured: serving a generated development certificate"
+            );
+            Ok((dev.chain(), dev.key(), Some(dev.ca_der())))
+        }
+    }
+}

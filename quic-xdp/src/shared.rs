@@ -1,0 +1,328 @@
+//! State shared between the engine thread and the tokio side.
+//!
+//! Each connection's `quinn_proto::Connection` sits behind a mutex. API
+//! calls (stream reads and writes, opens, closes) act on it directly, then
+//! mark the connection dirty and wake the engine, which transmits what they
+//! queued. The engine, after feeding received datagrams and timers, turns
+//! the connection's events into task wake-ups. Wake-ups in both directions
+//! are coalesced: one per batch, not one per packet.
+
+use std::{
+    collections::HashMap,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    task::Waker,
+    time::Instant,
+};
+
+use bytes::Bytes;
+use quinn_proto::{ConnectionError, ConnectionHandle, Dir, StreamEvent, StreamId, VarInt};
+
+/// Requests from the tokio side that need the `quinn_proto::Endpoint`.
+pub(crate) enum Command {
+    Accept {
+        incoming: quinn_proto::Incoming,
+        queue: usize,
+        reply: tokio::sync::oneshot::Sender<Result<Arc<ConnShared>, ConnectionError>>,
+    },
+    Refuse(quinn_proto::Incoming, usize),
+    Retry(quinn_proto::Incoming, usize),
+    Ignore(quinn_proto::Incoming),
+    /// Close every connection and stop accepting.
+    Close {
+        code: VarInt,
+        reason: Bytes,
+    },
+}
+
+/// Wakes the engine thread out of poll(2): an eventfd, written at most once
+/// between two engine passes.
+pub(crate) struct EngineWaker {
+    fd: OwnedFd,
+    armed: AtomicBool,
+}
+
+impl EngineWaker {
+    pub fn new() -> std::io::Result<Self> {
+        // SAFETY: plain eventfd(2); the fd is owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            // SAFETY: a fresh descriptor we own.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            armed: AtomicBool::new(false),
+        })
+    }
+
+    pub fn wake(&self) {
+        if !self.armed.swap(true, Ordering::AcqRel) {
+            let one: u64 = 1;
+            // SAFETY: 8 bytes to an eventfd.
+            unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    /// Called by the engine before it looks for work.
+    pub fn reset(&self) {
+        self.armed.store(false, Ordering::Release);
+        let mut count: u64 = 0;
+        // SAFETY: reads the 8-byte counter; EAGAIN when already zero.
+        unsafe { libc::read(self.fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// What the engine and every handle of the endpoint share.
+pub(crate) struct EngineShared {
+    pub waker: EngineWaker,
+    pub commands: Mutex<Vec<Command>>,
+    /// Connections whose state an API call changed.
+    pub dirty: Mutex<Vec<ConnectionHandle>>,
+    pub incoming: Mutex<std::collections::VecDeque<crate::Incoming>>,
+    pub incoming_ready: tokio::sync::Notify,
+    /// Set once the endpoint stops accepting.
+    pub closed: AtomicBool,
+    /// Notified when the last connection is gone after a close.
+    pub idle: tokio::sync::Notify,
+    pub open_connections: AtomicUsize,
+    pub stats: Mutex<crate::endpoint::EndpointCounters>,
+}
+
+impl EngineShared {
+    pub fn command(&self, command: Command) {
+        self.commands.lock().unwrap().push(command);
+        self.waker.wake();
+    }
+}
+
+/// One connection, as both sides see it.
+pub(crate) struct ConnShared {
+    pub handle: ConnectionHandle,
+    pub state: Mutex<ConnState>,
+    pub engine: Arc<EngineShared>,
+    dirty: AtomicBool,
+    /// Live `Connection`s and streams; the connection closes when the last
+    /// one goes.
+    refs: AtomicUsize,
+}
+
+impl ConnShared {
+    pub fn new(
+        handle: ConnectionHandle,
+        inner: quinn_proto::Connection,
+        queue: usize,
+        engine: Arc<EngineShared>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            handle,
+            state: Mutex::new(ConnState::new(inner, queue)),
+            engine,
+            dirty: AtomicBool::new(false),
+            refs: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, ConnState> {
+        self.state.lock().unwrap()
+    }
+
+    /// Changes the connection's state, then tells the engine to transmit
+    /// whatever that queued.
+    pub fn edit<R>(&self, f: impl FnOnce(&mut ConnState) -> R) -> R {
+        let result = f(&mut self.lock());
+        self.wake_engine();
+        result
+    }
+
+    /// Like `edit`, unless the connection already ended.
+    pub fn edit_if_live(&self, f: impl FnOnce(&mut quinn_proto::Connection)) {
+        self.edit(|st| {
+            if st.error.is_none() {
+                f(&mut st.inner);
+            }
+        });
+    }
+
+    /// Tells the engine this connection has something to send.
+    pub fn wake_engine(&self) {
+        if !self.dirty.swap(true, Ordering::AcqRel) {
+            self.engine.dirty.lock().unwrap().push(self.handle);
+            self.engine.waker.wake();
+        }
+    }
+
+    /// The engine is about to drive this connection.
+    pub fn clear_dirty(&self) {
+        self.dirty.store(false, Ordering::Release);
+    }
+}
+
+/// A counted reference: `Connection` and stream handles hold one.
+pub(crate) struct ConnRef(pub Arc<ConnShared>);
+
+impl ConnRef {
+    pub fn new(shared: Arc<ConnShared>) -> Self {
+        shared.refs.fetch_add(1, Ordering::AcqRel);
+        Self(shared)
+    }
+}
+
+impl Clone for ConnRef {
+    fn clone(&self) -> Self {
+        Self::new(self.0.clone())
+    }
+}
+
+impl Drop for ConnRef {
+    fn drop(&mut self) {
+        if self.0.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Nobody can use the connection any more: close it politely.
+            let mut st = self.0.lock();
+            if st.error.is_none() {
+                st.inner
+                    .close(Instant::now(), VarInt::from_u32(0), Bytes::new());
+                st.fail(ConnectionError::LocallyClosed);
+                drop(st);
+                self.0.wake_engine();
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for ConnRef {
+    type Target = ConnShared;
+    fn deref(&self) -> &ConnShared {
+        &self.0
+    }
+}
+
+/// A transmit that the datapath had no room for yet.
+pub(crate) struct PendingTransmit {
+    pub contents: Vec<u8>,
+    pub destination: std::net::SocketAddr,
+    pub ecn: Option<quinn_proto::EcnCodepoint>,
+    pub segment_size: Option<usize>,
+    pub src_ip: Option<std::net::IpAddr>,
+}
+
+pub(crate) struct ConnState {
+    pub inner: quinn_proto::Connection,
+    /// The datapath queue the peer's datagrams last arrived on; replies
+    /// leave through it.
+    pub queue: usize,
+    pub connected: bool,
+    pub error: Option<ConnectionError>,
+    pub pending_transmit: Option<PendingTransmit>,
+    /// The deadline the engine's timer set holds for this connection.
+    pub timer: Option<Instant>,
+    pub on_connected: Option<Waker>,
+    pub readers: HashMap<StreamId, Waker>,
+    pub writers: HashMap<StreamId, Waker>,
+    pub on_opened: [Vec<Waker>; 2],
+    pub on_available: [Vec<Waker>; 2],
+    pub on_datagram: Vec<Waker>,
+    pub on_closed: Vec<Waker>,
+}
+
+fn dir_index(dir: Dir) -> usize {
+    match dir {
+        Dir::Bi => 0,
+        Dir::Uni => 1,
+    }
+}
+
+impl ConnState {
+    fn new(inner: quinn_proto::Connection, queue: usize) -> Self {
+        Self {
+            inner,
+            queue,
+            connected: false,
+            error: None,
+            pending_transmit: None,
+            timer: None,
+            on_connected: None,
+            readers: HashMap::new(),
+            writers: HashMap::new(),
+            on_opened: [Vec::new(), Vec::new()],
+            on_available: [Vec::new(), Vec::new()],
+            on_datagram: Vec::new(),
+            on_closed: Vec::new(),
+        }
+    }
+
+    pub fn wait_opened(&mut self, dir: Dir, waker: &Waker) {
+        push_waker(&mut self.on_opened[dir_index(dir)], waker);
+    }
+
+    pub fn wait_available(&mut self, dir: Dir, waker: &Waker) {
+        push_waker(&mut self.on_available[dir_index(dir)], waker);
+    }
+
+    /// Turns one event of the connection into wake-ups.
+    pub fn dispatch(&mut self, event: quinn_proto::Event) {
+        use quinn_proto::Event::*;
+        match event {
+            HandshakeDataReady => {}
+            Connected => {
+                self.connected = true;
+                wake(self.on_connected.take());
+            }
+            ConnectionLost { reason } => self.fail(reason),
+            Stream(StreamEvent::Readable { id }) => wake(self.readers.remove(&id)),
+            Stream(StreamEvent::Writable { id }) => wake(self.writers.remove(&id)),
+            Stream(StreamEvent::Stopped { id, .. }) => wake(self.writers.remove(&id)),
+            Stream(StreamEvent::Finished { id }) => wake(self.writers.remove(&id)),
+            Stream(StreamEvent::Opened { dir }) => wake_all(&mut self.on_opened[dir_index(dir)]),
+            Stream(StreamEvent::Available { dir }) => {
+                wake_all(&mut self.on_available[dir_index(dir)])
+            }
+            DatagramReceived => wake_all(&mut self.on_datagram),
+            DatagramsUnblocked => {}
+        }
+    }
+
+    /// Records why the connection ended and wakes everything waiting on it.
+    pub fn fail(&mut self, reason: ConnectionError) {
+        if self.error.is_none() {
+            self.error = Some(reason);
+        }
+        wake(self.on_connected.take());
+        for (_, w) in self.readers.drain().chain(self.writers.drain()) {
+            w.wake();
+        }
+        for list in self
+            .on_opened
+            .iter_mut()
+            .chain(self.on_available.iter_mut())
+            .chain([&mut self.on_datagram, &mut self.on_closed])
+        {
+            wake_all(list);
+        }
+    }
+}
+
+fn wake(w: Option<Waker>) {
+    if let Some(w) = w {
+        w.wake();
+    }
+}
+
+fn wake_all(list: &mut Vec<Waker>) {
+    for w in list.drain(..) {
+        w.wake();
+    }
+}
+
+pub(crate) fn push_waker(list: &mut Vec<Waker>, waker: &Waker) {
+    if !list.iter().any(|w| w.will_wake(waker)) {
+        list.push(waker.clone());
+    }
+}

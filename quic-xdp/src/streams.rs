@@ -1,0 +1,318 @@
+//! Stream handles: `SendStream` (AsyncWrite) and `RecvStream` (AsyncRead).
+//!
+//! Each operation works on the connection's `quinn_proto` state directly;
+//! a write that queued data, or a read that freed flow-control credit,
+//! marks the connection dirty so the engine transmits.
+
+use std::{
+    future::poll_fn,
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use quinn_proto::{ClosedStream, ConnectionError, FinishError, ReadableError, StreamId, VarInt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::shared::ConnRef;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("the peer stopped the stream with code {0}")]
+    Stopped(VarInt),
+    #[error("connection lost: {0}")]
+    ConnectionLost(#[from] ConnectionError),
+    #[error("the stream was already finished or reset")]
+    ClosedStream,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("the peer reset the stream with code {0}")]
+    Reset(VarInt),
+    #[error("connection lost: {0}")]
+    ConnectionLost(#[from] ConnectionError),
+    #[error("the stream was already stopped or fully read")]
+    ClosedStream,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadToEndError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("the stream is longer than the limit")]
+    TooLong,
+}
+
+impl From<WriteError> for io::Error {
+    fn from(e: WriteError) -> Self {
+        let kind = match e {
+            WriteError::Stopped(_) => io::ErrorKind::ConnectionReset,
+            WriteError::ConnectionLost(_) => io::ErrorKind::ConnectionAborted,
+            WriteError::ClosedStream => io::ErrorKind::NotConnected,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+impl From<ReadError> for io::Error {
+    fn from(e: ReadError) -> Self {
+        let kind = match e {
+            ReadError::Reset(_) => io::ErrorKind::ConnectionReset,
+            ReadError::ConnectionLost(_) => io::ErrorKind::ConnectionAborted,
+            ReadError::ClosedStream => io::ErrorKind::NotConnected,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// The sending half of a stream. Dropping it finishes the stream.
+pub struct SendStream {
+    conn: ConnRef,
+    id: StreamId,
+    done: bool,
+}
+
+impl SendStream {
+    pub(crate) fn new(conn: ConnRef, id: StreamId) -> Self {
+        Self {
+            conn,
+            id,
+            done: false,
+        }
+    }
+
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    pub async fn write(&mut self, buf: &[u8]) -> Result<usize, WriteError> {
+        poll_fn(|cx| self.poll_write_buf(cx, buf)).await
+    }
+
+    pub async fn write_all(&mut self, mut buf: &[u8]) -> Result<(), WriteError> {
+        while !buf.is_empty() {
+            let n = self.write(buf).await?;
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    /// Writes `chunk` without copying when quinn-proto can take it whole.
+    pub async fn write_chunk(&mut self, mut chunk: Bytes) -> Result<(), WriteError> {
+        while !chunk.is_empty() {
+            let n = self.write(&chunk).await?;
+            let _ = chunk.split_to(n);
+        }
+        Ok(())
+    }
+
+    fn poll_write_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<Result<usize, WriteError>> {
+        let mut st = self.conn.lock();
+        if let Some(e) = &st.error {
+            return Poll::Ready(Err(WriteError::ConnectionLost(e.clone())));
+        }
+        match st.inner.send_stream(self.id).write(buf) {
+            Ok(n) => {
+                drop(st);
+                self.conn.wake_engine();
+                Poll::Ready(Ok(n))
+            }
+            Err(quinn_proto::WriteError::Blocked) => {
+                st.writers.insert(self.id, cx.waker().clone());
+                Poll::Pending
+            }
+            Err(quinn_proto::WriteError::Stopped(code)) => {
+                Poll::Ready(Err(WriteError::Stopped(code)))
+            }
+            Err(quinn_proto::WriteError::ClosedStream) => {
+                Poll::Ready(Err(WriteError::ClosedStream))
+            }
+        }
+    }
+
+    /// No more data: the peer reads to the end after what was written.
+    pub fn finish(&mut self) -> Result<(), ClosedStream> {
+        self.done = true;
+        let id = self.id;
+        self.conn
+            .edit(|st| match st.inner.send_stream(id).finish() {
+                // Stopped by the peer: nothing more will be sent either way.
+                Ok(()) | Err(FinishError::Stopped(_)) => Ok(()),
+                Err(FinishError::ClosedStream) => Err(ClosedStream::default()),
+            })
+    }
+
+    /// Abandons the stream: the peer sees RESET_STREAM with `code`.
+    pub fn reset(&mut self, code: VarInt) -> Result<(), ClosedStream> {
+        self.done = true;
+        let id = self.id;
+        self.conn.edit(|st| st.inner.send_stream(id).reset(code))
+    }
+}
+
+impl Drop for SendStream {
+    fn drop(&mut self) {
+        if !self.done {
+            let id = self.id;
+            self.conn.edit_if_live(|c| {
+                let _ = c.send_stream(id).finish();
+            });
+        }
+    }
+}
+
+impl AsyncWrite for SendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_buf(cx, buf).map_err(Into::into)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Written data is already queued for transmission.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = self.get_mut().finish();
+        Poll::Ready(result.map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e)))
+    }
+}
+
+/// The receiving half of a stream. Dropping it before the end stops the
+/// stream (code 0).
+pub struct RecvStream {
+    conn: ConnRef,
+    id: StreamId,
+    done: bool,
+}
+
+impl RecvStream {
+    pub(crate) fn new(conn: ConnRef, id: StreamId) -> Self {
+        Self {
+            conn,
+            id,
+            done: false,
+        }
+    }
+
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// The next chunk of at most `max` bytes, in order; `None` at the end.
+    pub async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, ReadError> {
+        poll_fn(|cx| self.poll_chunk(cx, max)).await
+    }
+
+    /// Reads into `buf`; `None` at the end of the stream.
+    pub async fn read(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
+        Ok(self.read_chunk(buf.len()).await?.map(|chunk| {
+            buf[..chunk.len()].copy_from_slice(&chunk);
+            chunk.len()
+        }))
+    }
+
+    /// Everything up to the end of the stream, at most `limit` bytes.
+    pub async fn read_to_end(&mut self, limit: usize) -> Result<Vec<u8>, ReadToEndError> {
+        let mut out = Vec::new();
+        while let Some(chunk) = self.read_chunk(usize::MAX).await? {
+            if out.len() + chunk.len() > limit {
+                return Err(ReadToEndError::TooLong);
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// Tells the peer to stop sending, with `code`.
+    pub fn stop(&mut self, code: VarInt) -> Result<(), ClosedStream> {
+        self.done = true;
+        let id = self.id;
+        self.conn.edit(|st| st.inner.recv_stream(id).stop(code))
+    }
+
+    fn poll_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Result<Option<Bytes>, ReadError>> {
+        if self.done {
+            return Poll::Ready(Err(ReadError::ClosedStream));
+        }
+        let mut st = self.conn.lock();
+        let mut stream = st.inner.recv_stream(self.id);
+        let mut chunks = match stream.read(true) {
+            Ok(chunks) => chunks,
+            Err(ReadableError::ClosedStream) => return Poll::Ready(Err(ReadError::ClosedStream)),
+            Err(ReadableError::IllegalOrderedRead) => unreachable!("only ordered reads are made"),
+        };
+        let result = chunks.next(max);
+        // Finalizing releases flow-control credit; it may need sending.
+        let credit = chunks.finalize().should_transmit();
+        let outcome = match result {
+            Ok(Some(chunk)) => Poll::Ready(Ok(Some(chunk.bytes))),
+            Ok(None) => {
+                self.done = true;
+                Poll::Ready(Ok(None))
+            }
+            Err(quinn_proto::ReadError::Reset(code)) => {
+                self.done = true;
+                Poll::Ready(Err(ReadError::Reset(code)))
+            }
+            Err(quinn_proto::ReadError::Blocked) => match &st.error {
+                Some(e) => Poll::Ready(Err(ReadError::ConnectionLost(e.clone()))),
+                None => {
+                    st.readers.insert(self.id, cx.waker().clone());
+                    Poll::Pending
+                }
+            },
+        };
+        drop(st);
+        if credit {
+            self.conn.wake_engine();
+        }
+        outcome
+    }
+}
+
+impl Drop for RecvStream {
+    fn drop(&mut self) {
+        if !self.done {
+            let id = self.id;
+            self.conn.edit_if_live(|c| {
+                let _ = c.recv_stream(id).stop(VarInt::from_u32(0));
+            });
+        }
+    }
+}
+
+impl AsyncRead for RecvStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(Ok(())); // EOF, as AsyncRead reports it
+        }
+        match this.poll_chunk(cx, buf.remaining()) {
+            Poll::Ready(Ok(Some(chunk))) => {
+                buf.put_slice(&chunk);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Ok(None)) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! The endpoint over the kernel-UDP datapath on loopback, against quinn
+//! clients: everything the API offers, without needing privileges.
+
+mod support;
+
+use std::{net::SocketAddr, time::Duration};
+
+use quic_xdp::{ActiveMode, ConnectionError, Endpoint, EndpointBuilder, Mode, RetryPolicy, VarInt};
+use support::*;
+use tokio::time::timeout;
+
+fn builder(listen: &str) -> EndpointBuilder {
+    Endpoint::builder(listen.parse().unwrap())
+        .mode(Mode::Udp)
+        .alpn([ALPN])
+}
+
+fn start(b: EndpointBuilder) -> (Endpoint, SocketAddr) {
+    let ep = b.bind().unwrap();
+    assert_eq!(
+        ep.mode(),
+        &ActiveMode::Udp {
+            fallback_reason: None
+        }
+    );
+    let addr = ep.local_addr();
+    let port = addr.port();
+    let server = if addr.is_ipv4() {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    } else {
+        format!("[::1]:{port}").parse().unwrap()
+    };
+    (ep, server)
+}
+
+#[tokio::test]
+async fn echo_from_one_byte_to_fifty_megabytes() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    spawn_echo(ep.clone());
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    let conn = connect(&client, server).await;
+    echo_sizes(&conn).await;
+    let stats = ep.stats();
+    assert_eq!(stats.open_connections, 1);
+    assert_eq!(stats.admission.accepted, 1);
+    assert!(stats.datapath.rx_bytes > 50 << 20, "{:?}", stats.datapath);
+    conn.close(0u32.into(), b"done");
+    ep.shutdown().await;
+}
+
+#[tokio::test]
+async fn ipv6_loopback() {
+    let (ep, server) = start(builder("[::1]:0"));
+    spawn_echo(ep.clone());
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    let conn = connect(&client, server).await;
+    assert_eq!(echo_stream(&conn, b"over ipv6").await, b"over ipv6");
+    ep.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_connections() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    spawn_echo(ep.clone());
+    let ca = ep.dev_ca_certificate().unwrap().clone();
+    hundred_connections(server, || client(server, &ca)).await;
+    assert_eq!(ep.stats().admission.accepted, 100);
+    timeout(TIMEOUT, ep.wait_idle()).await.unwrap();
+    ep.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_thousand_streams_on_one_connection() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    spawn_echo(ep.clone());
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    let conn = connect(&client, server).await;
+    thousand_streams(&conn).await;
+    ep.shutdown().await;
+}
+
+#[tokio::test]
+async fn resumed_sessions_send_zero_rtt_data() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    spawn_echo(ep.clone());
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    resumption_and_zero_rtt(&client, server).await;
+    ep.shutdown().await;
+}
+
+#[tokio::test]
+async fn datagrams_are_echoed() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    spawn_echo(ep.clone());
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    let conn = connect(&client, server).await;
+    for i in 0..20u8 {
+        conn.send_datagram(vec![i; 100].into()).unwrap();
+        let d = timeout(Duration::from_secs(5), conn.read_datagram())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&d[..], &[i; 100][..]);
+    }
+    ep.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_close_carries_code_and_reason() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    let server_ep = ep.clone();
+    tokio::spawn(async move {
+        let conn = server_ep.accept().await.unwrap().accept().await.unwrap();
+        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+        let got = recv.read_to_end(100).await.unwrap();
+        send.write_all(&got).await.unwrap();
+        send.finish().unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        conn.close(VarInt::from_u32(42), b"bye");
+        assert_eq!(conn.closed().await, ConnectionError::LocallyClosed);
+    });
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    let conn = connect(&client, server).await;
+    assert_eq!(echo_stream(&conn, b"hi").await, b"hi");
+    match timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .unwrap()
+    {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, quinn::VarInt::from_u32(42));
+            assert_eq!(&close.reason[..], b"bye");
+        }
+        other => panic!("{other:?}"),
+    }
+    ep.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_connections_time_out_on_the_server() {
+    let mut transport = quic_xdp::TransportConfig::default();
+    transport.max_idle_timeout(Some(Duration::from_millis(300).try_into().unwrap()));
+    let (ep, server) = start(builder("127.0.0.1:0").transport_config(transport));
+    let server_ep = ep.clone();
+    let closed = tokio::spawn(async move {
+        let conn = server_ep.accept().await.unwrap().accept().await.unwrap();
+        conn.closed().await
+    });
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    let _conn = connect(&client, server).await;
+    let reason = timeout(Duration::from_secs(5), closed)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reason, ConnectionError::TimedOut);
+    timeout(Duration::from_secs(5), ep.wait_idle())
+        .await
+        .unwrap();
+    ep.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_validates_addresses_and_clients_still_connect() {
+    let (ep, server) = start(builder("127.0.0.1:0").retry(RetryPolicy::Always));
+    let server_ep = ep.clone();
+    let validated = tokio::spawn(async move {
+        let incoming = server_ep.accept().await.unwrap();
+        let validated = incoming.remote_address_validated();
+        let conn = incoming.accept().await.unwrap();
+        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+        tokio::io::copy(&mut recv, &mut send).await.unwrap();
+        send.finish().unwrap();
+        conn.closed().await;
+        validated
+    });
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    let conn = connect(&client, server).await;
+    assert_eq!(echo_stream(&conn, b"after retry").await, b"after retry");
+    conn.close(0u32.into(), b"");
+    assert!(
+        timeout(Duration::from_secs(5), validated)
+            .await
+            .unwrap()
+            .unwrap()
+    );
+    assert_eq!(ep.stats().admission.retried, 1);
+    ep.shutdown().await;
+}
+
+#[tokio::test]
+async fn refusals_reach_the_client() {
+    // By the application...
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    let server_ep = ep.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = server_ep.accept().await {
+            incoming.refuse();
+        }
+    });
+    let refused = client(server, ep.dev_ca_certificate().unwrap());
+    let err = refused
+        .connect(server, "localhost")
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+            error_code: quinn::TransportErrorCode::CONNECTION_REFUSED,
+            frame_type: None,
+            reason: bytes::Bytes::new(),
+        })
+    );
+    ep.shutdown().await;
+
+    // ...and by the connection limit.
+    let (ep, server) = start(builder("127.0.0.1:0").max_connections(1));
+    spawn_echo(ep.clone());
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    let first = connect(&client, server).await;
+    let err = client
+        .connect(server, "localhost")
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, quinn::ConnectionError::ConnectionClosed(ref c) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED),
+        "{err}"
+    );
+    assert_eq!(echo_stream(&first, b"still served").await, b"still served");
+    assert_eq!(ep.stats().admission.refused, 1);
+    ep.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_and_stops_accepting() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    spawn_echo(ep.clone());
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    let conn = connect(&client, server).await;
+    assert_eq!(echo_stream(&conn, b"x").await, b"x");
+    timeout(Duration::from_secs(10), ep.shutdown())
+        .await
+        .unwrap();
+    assert!(matches!(
+        timeout(Duration::from_secs(5), conn.closed())
+            .await
+            .unwrap(),
+        quinn::ConnectionError::ApplicationClosed(_)
+    ));
+    assert!(ep.accept().await.is_none());
+    assert_eq!(ep.stats().open_connections, 0);
+    // The port is free again.
+    std::net::UdpSocket::bind(ep.local_addr()).unwrap();
+}

@@ -1,0 +1,152 @@
+//! The endpoint over the real XDP datapath: quic-xdp in a server namespace
+//! (AF_XDP on its veth), quinn clients on kernel UDP in a client
+//! namespace. Each test creates its namespaces and removes them, also when
+//! it fails.
+
+mod support;
+
+use std::{net::SocketAddr, time::Duration};
+
+use datapath::{
+    QueueKind,
+    testbed::{TestNet, TestNetConfig},
+};
+use quic_xdp::{ActiveMode, Endpoint, EndpointBuilder, Mode, RetryPolicy};
+use support::*;
+use tokio::time::timeout;
+
+const PORT: u16 = 4433;
+
+/// A namespace pair with quic-xdp bound on the server side over XDP, or
+/// None when privileged tests are skipped.
+fn xdp_endpoint(
+    edit: impl FnOnce(EndpointBuilder) -> EndpointBuilder + Send,
+) -> Option<(TestNet, Endpoint)> {
+    if !datapath::testbed::privileged() {
+        return None;
+    }
+    let net = TestNet::create(&TestNetConfig::default()).unwrap();
+    let builder = Endpoint::builder(SocketAddr::new("::".parse().unwrap(), PORT))
+        .interface(TestNet::SERVER_IF)
+        .mode(Mode::Xdp)
+        .alpn([ALPN]);
+    let ep = net.server.run(|| edit(builder).bind().unwrap());
+    assert!(matches!(ep.mode(), ActiveMode::Xdp { .. }), "{}", ep.mode());
+    Some((net, ep))
+}
+
+fn quinn_client(net: &TestNet, server: SocketAddr, ep: &Endpoint) -> quinn::Endpoint {
+    let socket = net.client.run(|| unspecified_socket(server));
+    client_on(socket, ep.dev_ca_certificate().unwrap())
+}
+
+/// Datagrams went through the AF_XDP sockets, and none escaped steering.
+fn assert_served_over_xdp(ep: &Endpoint) {
+    let stats = ep.stats();
+    let (mut xsk, mut misses) = (0, 0);
+    for (kind, c) in &stats.queues {
+        match kind {
+            QueueKind::Xsk { .. } => xsk += c.rx_packets,
+            QueueKind::SteeringMiss { .. } => misses += c.rx_packets,
+            QueueKind::Udp { .. } => panic!("kernel UDP queue in XDP mode"),
+        }
+    }
+    assert!(xsk > 0, "{stats:?}");
+    assert_eq!(misses, 0, "{stats:?}");
+    let d = stats.datapath;
+    assert_eq!(
+        (d.rx_malformed, d.rx_bad_checksum, d.tx_no_neighbor),
+        (0, 0, 0),
+        "{d:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_ipv4_and_ipv6_up_to_fifty_megabytes() {
+    let Some((net, ep)) = xdp_endpoint(|b| b) else {
+        return;
+    };
+    spawn_echo(ep.clone());
+    for v6 in [false, true] {
+        let server = net.server_addr(v6, PORT);
+        let client = quinn_client(&net, server, &ep);
+        let conn = connect(&client, server).await;
+        assert_eq!(conn.remote_address(), server);
+        echo_sizes(&conn).await;
+        conn.close(0u32.into(), b"");
+        client.wait_idle().await;
+    }
+    assert_served_over_xdp(&ep);
+    assert!(ep.stats().datapath.rx_bytes > 100 << 20);
+    timeout(Duration::from_secs(10), ep.shutdown())
+        .await
+        .unwrap();
+    assert!(!net.server_xdp_attached(), "shutdown detaches the program");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_connections() {
+    let Some((net, ep)) = xdp_endpoint(|b| b) else {
+        return;
+    };
+    spawn_echo(ep.clone());
+    let server = net.server_addr(false, PORT);
+    hundred_connections(server, || quinn_client(&net, server, &ep)).await;
+    assert_eq!(ep.stats().admission.accepted, 100);
+    assert_served_over_xdp(&ep);
+    ep.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_streams_on_one_connection() {
+    let Some((net, ep)) = xdp_endpoint(|b| b) else {
+        return;
+    };
+    spawn_echo(ep.clone());
+    let server = net.server_addr(false, PORT);
+    let client = quinn_client(&net, server, &ep);
+    thousand_streams(&connect(&client, server).await).await;
+    assert_served_over_xdp(&ep);
+    ep.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_then_resumption_and_zero_rtt() {
+    let Some((net, ep)) = xdp_endpoint(|b| b.retry(RetryPolicy::Always)) else {
+        return;
+    };
+    spawn_echo(ep.clone());
+    let server = net.server_addr(true, PORT);
+    let client = quinn_client(&net, server, &ep);
+    resumption_and_zero_rtt(&client, server).await;
+    assert_eq!(
+        ep.stats().admission.retried,
+        2,
+        "both connections were retried"
+    );
+    assert_served_over_xdp(&ep);
+    ep.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_over_xdp() {
+    let mut transport = quic_xdp::TransportConfig::default();
+    transport.max_idle_timeout(Some(Duration::from_millis(300).try_into().unwrap()));
+    let Some((net, ep)) = xdp_endpoint(|b| b.transport_config(transport)) else {
+        return;
+    };
+    let server_ep = ep.clone();
+    let closed = tokio::spawn(async move {
+        let conn = server_ep.accept().await.unwrap().accept().await.unwrap();
+        conn.closed().await
+    });
+    let server = net.server_addr(false, PORT);
+    let client = quinn_client(&net, server, &ep);
+    let _conn = connect(&client, server).await;
+    let reason = timeout(Duration::from_secs(5), closed)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reason, quic_xdp::ConnectionError::TimedOut);
+    ep.shutdown().await;
+}

@@ -1,0 +1,203 @@
+//! Shared by the endpoint tests: a quinn client that trusts the server's
+//! development CA, an echo server task, and patterned payloads.
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use quic_xdp::{Connection, Endpoint};
+use quinn::crypto::rustls::QuicClientConfig;
+use rustls_pki_types::CertificateDer;
+
+pub const ALPN: &[u8] = b"echo";
+
+pub fn client_config(
+    ca: &CertificateDer<'static>,
+    transport: Option<quinn::TransportConfig>,
+) -> quinn::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.enable_early_data = true;
+    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
+    if let Some(t) = transport {
+        config.transport_config(Arc::new(t));
+    }
+    config
+}
+
+/// A quinn client endpoint bound to the unspecified address of `server`'s
+/// family, trusting `ca`.
+pub fn client(server: SocketAddr, ca: &CertificateDer<'static>) -> quinn::Endpoint {
+    client_on(unspecified_socket(server), ca)
+}
+
+/// A UDP socket on the unspecified address of `server`'s family, created
+/// in the calling thread's network namespace.
+pub fn unspecified_socket(server: SocketAddr) -> std::net::UdpSocket {
+    let bind: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .unwrap();
+    std::net::UdpSocket::bind(bind).unwrap()
+}
+
+/// A quinn client on `socket` (which keeps the namespace it was made in).
+pub fn client_on(socket: std::net::UdpSocket, ca: &CertificateDer<'static>) -> quinn::Endpoint {
+    let mut ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .unwrap();
+    ep.set_default_client_config(client_config(ca, None));
+    ep
+}
+
+pub async fn connect(client: &quinn::Endpoint, server: SocketAddr) -> quinn::Connection {
+    client.connect(server, "localhost").unwrap().await.unwrap()
+}
+
+/// Serves every connection: echoes each bidirectional stream and each
+/// datagram back.
+pub fn spawn_echo(endpoint: Endpoint) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.accept().await else {
+                    return;
+                };
+                assert_eq!(conn.alpn_protocol().as_deref(), Some(ALPN));
+                tokio::spawn(echo_datagrams(conn.clone()));
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut recv, &mut send).await;
+                        let _ = send.finish();
+                    });
+                }
+            });
+        }
+    })
+}
+
+async fn echo_datagrams(conn: Connection) {
+    while let Ok(d) = conn.read_datagram().await {
+        let _ = conn.send_datagram(d);
+    }
+}
+
+/// `len` bytes that differ with `seed` and position.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_be_bytes()[0] ^ seed)
+        .collect()
+}
+
+/// Sends `data` on a new stream and returns what came back.
+pub async fn echo_stream(conn: &quinn::Connection, data: &[u8]) -> Vec<u8> {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let ((), read) = tokio::join!(
+        async {
+            send.write_all(data).await.unwrap();
+            send.finish().unwrap();
+        },
+        recv.read_to_end(usize::MAX)
+    );
+    read.unwrap()
+}
+
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Echo of 1 byte to 50 MB on one connection, content checked.
+pub async fn echo_sizes(conn: &quinn::Connection) {
+    for (len, seed) in [
+        (1, 1u8),
+        (1200, 2),
+        (65_536, 3),
+        (1 << 20, 4),
+        (50 << 20, 5),
+    ] {
+        let data = pattern(len, seed);
+        let back = tokio::time::timeout(TIMEOUT, echo_stream(conn, &data))
+            .await
+            .unwrap();
+        assert!(
+            back == data,
+            "{len} bytes: echo differs (got {} bytes)",
+            back.len()
+        );
+    }
+}
+
+/// 100 connections at once, each echoing one stream.
+pub async fn hundred_connections(server: SocketAddr, make_client: impl Fn() -> quinn::Endpoint) {
+    let tasks: Vec<_> = (0..100u8)
+        .map(|i| {
+            let client = make_client();
+            tokio::spawn(async move {
+                let conn = connect(&client, server).await;
+                let data = pattern(10_000 + i as usize, i);
+                assert_eq!(echo_stream(&conn, &data).await, data);
+                conn.close(0u32.into(), b"");
+                client.wait_idle().await;
+            })
+        })
+        .collect();
+    for t in tasks {
+        tokio::time::timeout(TIMEOUT, t).await.unwrap().unwrap();
+    }
+}
+
+/// 1000 streams on one connection, all at once.
+pub async fn thousand_streams(conn: &quinn::Connection) {
+    let tasks: Vec<_> = (0..1000u32)
+        .map(|i| {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let data = pattern(100 + (i as usize % 900), i as u8);
+                assert_eq!(echo_stream(&conn, &data).await, data);
+            })
+        })
+        .collect();
+    for t in tasks {
+        tokio::time::timeout(TIMEOUT, t).await.unwrap().unwrap();
+    }
+}
+
+/// A second connection resumes the first's session and sends its request
+/// as 0-RTT data, which the server accepts.
+pub async fn resumption_and_zero_rtt(client: &quinn::Endpoint, server: SocketAddr) {
+    let first = connect(client, server).await;
+    assert_eq!(
+        echo_stream(&first, b"full handshake").await,
+        b"full handshake"
+    );
+    // Let the session ticket arrive before closing.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    first.close(0u32.into(), b"");
+    let connecting = client.connect(server, "localhost").unwrap();
+    let (conn, accepted) = match connecting.into_0rtt() {
+        Ok(early) => early,
+        Err(_) => panic!("no 0-RTT: the session was not resumed"),
+    };
+    let data = pattern(5000, 9);
+    let echoed = echo_stream(&conn, &data);
+    let (echoed, accepted) = tokio::join!(echoed, accepted);
+    assert!(accepted, "the server rejected 0-RTT");
+    assert_eq!(echoed, data);
+    let handshake = conn.handshake_data().unwrap();
+    let handshake = handshake
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .unwrap();
+    assert_eq!(handshake.protocol.as_deref(), Some(ALPN));
+}
