@@ -1,30 +1,47 @@
 #!/usr/bin/env bash
-# The main job: a UDP echo served through the XDP datapath in one network
-# namespace, loaded by a client in another (IPv4 and IPv6), then the
-# server's mode and counters. Without root (no namespaces, no XDP) it runs
-# the same echo over kernel UDP on loopback and says so.
+# The main job: the QUIC echo server (examples/echo_server.rs) on quic-xdp
+# over XDP in one network namespace, loaded by the echo client (quinn on
+# kernel UDP) from another, over IPv4 and IPv6; then the server's mode and
+# counters. Without root (no namespaces, no XDP) the same server runs over
+# kernel UDP on loopback and says why.
 #
-#   sudo scripts/demo.sh            # DURATION=10 for a longer load
+#   sudo scripts/demo.sh        # SIZE=4000000 STREAMS=16 CONNECTIONS=4 to vary the load
 set -euo pipefail
 cd "$(dirname "$0")/.."
-duration=${DURATION:-5}
+connections=${CONNECTIONS:-4}
+streams=${STREAMS:-8}
+size=${SIZE:-4000000}
 
 bash scripts/install-deps.sh
-cargo build --release -q -p quic-xdp-datapath --features testbed --bins
+cargo build --release -q -p quic-xdp-examples
 bin=$PWD/target/release
-log=$(mktemp)
+work=$(mktemp -d)
 server_pid=
+namespaces=()
+cleanup() {
+    if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true; fi
+    for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_listening() {
+    for _ in $(seq 100); do grep -q '^listening' "$work/server.log" && return; sleep 0.1; done
+    cat "$work/server.log"
+    exit 1
+}
+
+load() { # load [netns] server-address
+    local run=()
+    [ "$1" != - ] && run=(ip netns exec "$1")
+    "${run[@]}" "$bin/echo-client" "$2" --ca "$work/ca.pem" \
+        --connections "$connections" --streams "$streams" --size "$size" --datagrams 10
+}
 
 if [ "$(id -u)" = 0 ] && ip netns add "qxd-probe-$$" 2>/dev/null; then
     ip netns del "qxd-probe-$$"
     client=qxd-$$-c server=qxd-$$-s
-    cleanup() {
-        [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-        ip netns del "$client" 2>/dev/null || true
-        ip netns del "$server" 2>/dev/null || true
-        rm -f "$log"
-    }
-    trap cleanup EXIT
+    namespaces=("$client" "$server")
     ip netns add "$client"
     ip netns add "$server"
     ip link add veth-c netns "$client" address 02:77:00:00:00:01 type veth \
@@ -37,33 +54,27 @@ if [ "$(id -u)" = 0 ] && ip netns add "qxd-probe-$$" 2>/dev/null; then
     ip -n "$client" link set veth-c up
     ip -n "$server" link set veth-s up
 
-    ip netns exec "$server" "$bin/xdp-udp-echo" --interface veth-s --listen '[::]:4433' >"$log" 2>&1 &
+    ip netns exec "$server" "$bin/echo-server" --interface veth-s --mode xdp \
+        --ca-out "$work/ca.pem" >"$work/server.log" 2>&1 &
     server_pid=$!
-    for _ in $(seq 50); do grep -q '^listening' "$log" && break; sleep 0.1; done
-    grep -q '^listening' "$log" || { cat "$log"; exit 1; }
-    grep -E '^(mode|listening)' "$log"
-    echo "== IPv4, 1200-byte datagrams, ${duration}s"
-    ip netns exec "$client" "$bin/udp-echo-load" 10.77.0.2:4433 --duration "$duration" --size 1200
-    echo "== IPv6, 64-byte datagrams, ${duration}s"
-    ip netns exec "$client" "$bin/udp-echo-load" '[fd77::2]:4433' --duration "$duration" --size 64
-    echo "== ping while the program is attached"
-    ip netns exec "$client" ping -c 1 -W 2 10.77.0.2 | grep -E 'received'
+    wait_listening
+    grep -E '^(mode|listening)' "$work/server.log"
+    echo "== IPv4: $connections connections x $streams streams x $size bytes"
+    load "$client" 10.77.0.2:4433
+    echo "== IPv6"
+    load "$client" '[fd77::2]:4433'
+    echo "== ping while the XDP program is attached"
+    ip netns exec "$client" ping -c 1 -W 2 10.77.0.2 | grep received
 else
-    echo "XDP needs root and network namespaces: serving the echo over kernel UDP on loopback"
-    cleanup() {
-        [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-        rm -f "$log"
-    }
-    trap cleanup EXIT
-    "$bin/xdp-udp-echo" --listen 127.0.0.1:4433 >"$log" 2>&1 &
+    echo "XDP needs root and network namespaces: running the echo server over kernel UDP on loopback"
+    "$bin/echo-server" --address 127.0.0.1 --ca-out "$work/ca.pem" >"$work/server.log" 2>&1 &
     server_pid=$!
-    for _ in $(seq 50); do grep -q '^listening' "$log" && break; sleep 0.1; done
-    grep -q '^listening' "$log" || { cat "$log"; exit 1; }
-    grep '^mode' "$log"
-    "$bin/udp-echo-load" 127.0.0.1:4433 --duration "$duration" --size 1200
+    wait_listening
+    grep -E '^(mode|listening)' "$work/server.log"
+    load - 127.0.0.1:4433
 fi
 kill -INT "$server_pid"
 wait "$server_pid" || true
 server_pid=
 echo "== server"
-grep -v '^\(mode\|listening\)' "$log" | grep -v ' INFO '
+grep -vE '^(mode|listening|dev CA)| (INFO|WARN) ' "$work/server.log"

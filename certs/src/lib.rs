@@ -75,6 +75,11 @@ impl DevCerts {
     }
 }
 
+/// A DER certificate as PEM text (e.g. a CA for clients to trust).
+pub fn certificate_pem(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+}
+
 fn name(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
@@ -131,6 +136,15 @@ mod tests {
         assert!(contains(&chain[1], &ca), "CA must be CA:TRUE");
         assert!(contains(&chain[0], b"example.test"));
         assert!(!matches!(certs.key(), PrivateKeyDer::Pkcs1(_)));
+    }
+
+    #[test]
+    fn a_certificate_round_trips_through_pem() {
+        let ca = DevCerts::localhost().unwrap().ca_der();
+        let text = certificate_pem(&ca);
+        assert!(text.starts_with("-----BEGIN CERTIFICATE-----"));
+        use rustls_pki_types::pem::PemObject;
+        assert_eq!(CertificateDer::from_pem_slice(text.as_bytes()).unwrap(), ca);
     }
 
     #[test]

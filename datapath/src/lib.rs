@@ -26,8 +26,3 @@ pub mod xsk;
 
 pub use datapath::{ActiveMode, Datapath, DatapathConfig, Mode};
 pub use io::{PacketIo, QueueKind, RxMeta, Transmit};
-
-// The README's example compiles as a doctest.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeExample;

@@ -198,7 +198,7 @@ fn identity(identity: Identity, datapath: &DatapathConfig) -> Result<Chain, Erro
         Identity::Dev => {
             let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
             let ip = datapath.listen.ip();
-            if !ip.is_unspecified() {
+            if !ip.is_unspecified() && !names.contains(&ip.to_string()) {
                 names.push(ip.to_string());
             }
             let dev = certs::DevCerts::generate(&names).map_err(|e| Error::Tls(e.to_string()))?;

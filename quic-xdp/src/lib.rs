@@ -44,3 +44,8 @@ pub use streams::{ReadError, ReadToEndError, RecvStream, SendStream, WriteError}
 
 /// The datapath crate, for finer configuration and counters.
 pub use datapath;
+
+// The README's examples compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
