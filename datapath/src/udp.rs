@@ -28,6 +28,8 @@ const SOCKET_BUFFER_BYTES: usize = 8 << 20;
 /// fragments nothing: DF is set, so bigger sends fail with EMSGSIZE).
 const IP_UDP_V6_OVERHEAD: usize = 48;
 const IP_UDP_V4_OVERHEAD: usize = 28;
+/// Largest UDP payload of one message (65535 less the IPv6/UDP headers).
+const MAX_GSO_BYTES: usize = 65_535 - IP_UDP_V6_OVERHEAD;
 
 pub struct UdpQueue {
     socket: UdpSocket,
@@ -208,6 +210,8 @@ impl PacketIo for UdpQueue {
             Err(e) => {
                 if e.kind() == io::ErrorKind::WouldBlock {
                     QueueCounters::add(&self.counters.tx_ring_full, 1);
+                } else if e.raw_os_error() == Some(libc::EMSGSIZE) {
+                    QueueCounters::add(&self.counters.tx_too_big, 1);
                 }
                 Err(e)
             }
@@ -233,7 +237,12 @@ impl PacketIo for UdpQueue {
     }
 
     fn max_segments(&self) -> usize {
-        self.state.max_gso_segments()
+        // One GSO send is one UDP message: all segments must fit 64 KiB.
+        let largest = self.mtu.saturating_sub(IP_UDP_V4_OVERHEAD).max(1);
+        self.state
+            .max_gso_segments()
+            .min(MAX_GSO_BYTES / largest)
+            .max(1)
     }
 
     fn kind(&self) -> &QueueKind {
@@ -314,6 +323,21 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("already in use"));
+    }
+
+    #[test]
+    fn a_full_gso_batch_fits_one_udp_message() {
+        let mut q = UdpQueue::bind("127.0.0.1:0".parse().unwrap(), 1500).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let size = q.max_datagram_size(&client.local_addr().unwrap());
+        let batch = vec![7u8; size * q.max_segments()];
+        q.send(&transmit(client.local_addr().unwrap(), &batch, Some(size)))
+            .unwrap();
+        let snapshot = q.counters().snapshot();
+        assert_eq!(
+            (snapshot.tx_packets, snapshot.tx_too_big),
+            (q.max_segments() as u64, 0)
+        );
     }
 
     #[test]

@@ -44,6 +44,11 @@ async fn echo_from_one_byte_to_fifty_megabytes() {
     assert_eq!(stats.open_connections, 1);
     assert_eq!(stats.admission.accepted, 1);
     assert!(stats.datapath.rx_bytes > 50 << 20, "{:?}", stats.datapath);
+    assert_eq!(
+        stats.datapath.tx_too_big, 0,
+        "every transmit fit: {:?}",
+        stats.datapath
+    );
     conn.close(0u32.into(), b"done");
     ep.shutdown().await;
 }

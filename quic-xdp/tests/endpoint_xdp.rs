@@ -55,8 +55,13 @@ fn assert_served_over_xdp(ep: &Endpoint) {
     assert_eq!(misses, 0, "{stats:?}");
     let d = stats.datapath;
     assert_eq!(
-        (d.rx_malformed, d.rx_bad_checksum, d.tx_no_neighbor),
-        (0, 0, 0),
+        (
+            d.rx_malformed,
+            d.rx_bad_checksum,
+            d.tx_no_neighbor,
+            d.tx_too_big
+        ),
+        (0, 0, 0, 0),
         "{d:?}"
     );
 }
