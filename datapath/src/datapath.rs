@@ -298,6 +298,41 @@ impl Datapath {
         std::mem::take(&mut self.queues)
     }
 
+    /// The queues grouped for one thread each: in XDP mode one group per
+    /// AF_XDP socket, each with a send handle on the kernel socket (the
+    /// first group receives on it); in UDP mode one group. The XDP program
+    /// stays attached until this `Datapath` is dropped.
+    pub fn take_queue_groups(&mut self) -> Vec<Vec<Box<dyn PacketIo>>> {
+        // The kernel socket comes last: the reservation in XDP mode, the
+        // only queue in UDP mode.
+        let mut queues = self.take_queues();
+        let Some(kernel) = queues.pop() else {
+            return Vec::new();
+        };
+        let handles: Vec<_> = queues
+            .iter()
+            .skip(1)
+            .map(|_| kernel.send_handle())
+            .collect();
+        let mut kernel = Some(kernel);
+        let mut handles = handles.into_iter();
+        let mut groups: Vec<Vec<Box<dyn PacketIo>>> = queues
+            .into_iter()
+            .map(|xsk| {
+                let mut group = vec![xsk];
+                match kernel.take() {
+                    Some(receiving) => group.push(receiving),
+                    None => group.extend(handles.next().flatten()),
+                }
+                group
+            })
+            .collect();
+        if let Some(kernel) = kernel {
+            groups.push(vec![kernel]);
+        }
+        groups
+    }
+
     /// The steering program's verdict counts (XDP mode only).
     pub fn steering_stats(&self) -> Option<SteerStats> {
         self.steering.as_ref().and_then(|s| s.stats().ok())
@@ -381,6 +416,10 @@ mod tests {
             Err(Error::Unsupported { .. })
         ));
         config.mode = Mode::Udp;
-        assert_ne!(Datapath::open(&config).unwrap().local_addr().port(), 0);
+        let mut dp = Datapath::open(&config).unwrap();
+        assert_ne!(dp.local_addr().port(), 0);
+        let groups = dp.take_queue_groups();
+        assert_eq!(groups.len(), 1);
+        assert!(matches!(groups[0][0].kind(), crate::QueueKind::Udp { .. }));
     }
 }

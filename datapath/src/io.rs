@@ -77,6 +77,17 @@ pub trait PacketIo: Send {
 
     /// Brings counters kept by the kernel up to date.
     fn refresh_counters(&mut self) {}
+
+    /// False for a send-only handle: never poll or `recv` it.
+    fn receives(&self) -> bool {
+        true
+    }
+
+    /// A send-only handle on the same socket, for another thread: lets
+    /// every engine answer peers that reach us through the kernel socket.
+    fn send_handle(&self) -> Option<Box<dyn PacketIo>> {
+        None
+    }
 }
 
 /// Blocks until one of `queues` is readable or `timeout` passes.

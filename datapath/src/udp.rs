@@ -40,6 +40,8 @@ pub struct UdpQueue {
     local: SocketAddr,
     mtu: usize,
     counters: Arc<QueueCounters>,
+    /// False for a send-only handle (see `PacketIo::send_handle`).
+    receives: bool,
     bufs: Vec<Vec<u8>>,
     metas: Vec<RecvMeta>,
 }
@@ -88,8 +90,28 @@ impl UdpQueue {
             local,
             mtu: mtu as usize,
             counters: Arc::default(),
+            receives: true,
             bufs: vec![vec![0; RECV_BUF_LEN]; BATCH_SIZE],
             metas: vec![RecvMeta::default(); BATCH_SIZE],
+        })
+    }
+
+    /// The same socket (a duplicate descriptor) for sending from another
+    /// thread; it shares this queue's counters and receives nothing.
+    fn try_clone_for_send(&self) -> io::Result<Self> {
+        let socket = self.socket.try_clone()?;
+        let state = UdpSocketState::new((&socket).into())?;
+        Ok(Self {
+            socket,
+            state,
+            kind: self.kind.clone(),
+            dual_stack: self.dual_stack,
+            local: self.local,
+            mtu: self.mtu,
+            counters: self.counters.clone(),
+            receives: false,
+            bufs: Vec::new(),
+            metas: Vec::new(),
         })
     }
 
@@ -132,6 +154,9 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 
 impl PacketIo for UdpQueue {
     fn recv(&mut self, on_datagram: &mut dyn FnMut(&RxMeta, &[u8])) -> io::Result<usize> {
+        if !self.receives {
+            return Ok(0);
+        }
         let mut slices: Vec<IoSliceMut<'_>> =
             self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
         let n = match self
@@ -252,6 +277,20 @@ impl PacketIo for UdpQueue {
     fn counters(&self) -> &Arc<QueueCounters> {
         &self.counters
     }
+
+    fn receives(&self) -> bool {
+        self.receives
+    }
+
+    fn send_handle(&self) -> Option<Box<dyn PacketIo>> {
+        match self.try_clone_for_send() {
+            Ok(q) => Some(Box::new(q)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot duplicate the UDP socket");
+                None
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -311,6 +350,37 @@ mod tests {
             assert_eq!(sizes, [100, 100, 50], "{bind}");
             assert_eq!(q.counters().snapshot().tx_packets, 3);
         }
+    }
+
+    #[test]
+    fn a_send_handle_sends_from_the_same_address_and_receives_nothing() {
+        let mut q = UdpQueue::bind("127.0.0.1:0".parse().unwrap(), 1500).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.send_to(b"for the queue", q.local_addr()).unwrap();
+        let mut handle = q.send_handle().unwrap();
+        assert!(!handle.receives());
+        assert_eq!(
+            handle
+                .recv(&mut |_, _| panic!("a send handle received"))
+                .unwrap(),
+            0
+        );
+        handle
+            .send(&transmit(
+                client.local_addr().unwrap(),
+                b"from the handle",
+                None,
+            ))
+            .unwrap();
+        let mut buf = [0u8; 32];
+        let (n, from) = client.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&b"from the handle"[..], q.local_addr()));
+        assert_eq!(
+            recv_all(&mut q, 1)[0].1,
+            b"for the queue",
+            "the queue still gets its datagrams"
+        );
+        assert_eq!(q.counters().snapshot().tx_packets, 1, "counters are shared");
     }
 
     #[test]

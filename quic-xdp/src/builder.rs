@@ -8,7 +8,13 @@ use quinn_proto::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
-use crate::{Endpoint, Error, engine::Admission};
+use quinn_proto::crypto::HmacKey;
+use ring::{
+    hmac,
+    rand::{SecureRandom, SystemRandom},
+};
+
+use crate::{Endpoint, Error, cid::CidScheme, engine::Admission};
 
 /// When new connections must first prove their address with a Retry
 /// round trip (costs the client one RTT, protects against spoofed floods).
@@ -152,18 +158,35 @@ impl EndpointBuilder {
             }
         };
         let mut datapath = Datapath::open(&self.datapath)?;
-        let queues = datapath.take_queues();
-        let endpoint = quinn_proto::Endpoint::new(
-            Arc::new(EndpointConfig::default()),
-            Some(Arc::new(server_config)),
-            true,
-            None,
-        );
+        let groups = datapath.take_queue_groups();
+        // One quinn-proto endpoint per engine: its own CIDs, but one
+        // server configuration (Retry token and session ticket keys) and
+        // one stateless-reset key, so any engine can answer for any other.
+        let cids = CidScheme::new(groups.len());
+        let server_config = Arc::new(server_config);
+        let mut reset_secret = [0u8; 64];
+        SystemRandom::new()
+            .fill(&mut reset_secret)
+            .map_err(|_| Error::Tls("no system randomness for the reset key".into()))?;
+        let reset_key: Arc<dyn HmacKey> =
+            Arc::new(hmac::Key::new(hmac::HMAC_SHA256, &reset_secret));
+        let protos = (0..groups.len())
+            .map(|engine| {
+                let mut config = EndpointConfig::new(reset_key.clone());
+                config.cid_generator(move || Box::new(cids.generator(engine)));
+                quinn_proto::Endpoint::new(
+                    Arc::new(config),
+                    Some(server_config.clone()),
+                    true,
+                    None,
+                )
+            })
+            .collect();
         let admission = Admission {
             max_connections: self.max_connections,
             retry: self.retry,
         };
-        Endpoint::start(endpoint, datapath, queues, admission, dev_ca)
+        Endpoint::start(protos, datapath, groups, cids, admission, dev_ca)
     }
 }
 

@@ -39,6 +39,11 @@ impl Incoming {
         }
     }
 
+    /// The engine that received the attempt, and must decide it.
+    pub(crate) fn engine(&self) -> &Arc<EngineShared> {
+        &self.engine
+    }
+
     pub(crate) fn take(&mut self) -> Option<(quinn_proto::Incoming, usize)> {
         self.inner
             .take()

@@ -22,8 +22,9 @@ use rustls_pki_types::CertificateDer;
 
 use crate::{
     EndpointBuilder, Error, Incoming,
-    engine::{Admission, Engine},
-    shared::{Command, EngineShared, EngineWaker},
+    cid::CidScheme,
+    engine::{Admission, Engine, Peers},
+    shared::{Command, EndpointShared, EngineShared},
 };
 
 /// Connection admission counts.
@@ -32,6 +33,8 @@ pub struct EndpointCounters {
     pub accepted: u64,
     pub refused: u64,
     pub retried: u64,
+    /// Datagrams received by one engine for a connection another owns.
+    pub forwarded: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -54,7 +57,8 @@ pub struct Endpoint {
 }
 
 struct EndpointInner {
-    shared: Arc<EngineShared>,
+    shared: Arc<EndpointShared>,
+    engines: Vec<Arc<EngineShared>>,
     local: SocketAddr,
     mode: ActiveMode,
     dev_ca: Option<CertificateDer<'static>>,
@@ -62,15 +66,23 @@ struct EndpointInner {
     /// Taken and dropped by the engine thread when it stops: that closes
     /// the sockets and detaches the XDP program.
     datapath: Arc<Mutex<Option<Datapath>>>,
-    engine: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl EndpointInner {
+    fn close(&self, code: VarInt, reason: Bytes) {
+        for engine in &self.engines {
+            engine.command(Command::Close {
+                code,
+                reason: reason.clone(),
+            });
+        }
+    }
 }
 
 impl Drop for EndpointInner {
     fn drop(&mut self) {
-        self.shared.command(Command::Close {
-            code: VarInt::from_u32(0),
-            reason: Bytes::new(),
-        });
+        self.close(VarInt::from_u32(0), Bytes::new());
     }
 }
 
@@ -79,17 +91,17 @@ impl Endpoint {
         EndpointBuilder::new(listen)
     }
 
+    /// Starts one engine thread per queue group, each with its own
+    /// quinn-proto endpoint (`protos`, in the same order).
     pub(crate) fn start(
-        proto: quinn_proto::Endpoint,
+        protos: Vec<quinn_proto::Endpoint>,
         datapath: Datapath,
-        queues: Vec<Box<dyn PacketIo>>,
+        groups: Vec<Vec<Box<dyn PacketIo>>>,
+        cids: CidScheme,
         admission: Admission,
         dev_ca: Option<CertificateDer<'static>>,
     ) -> Result<Self, Error> {
-        let shared = Arc::new(EngineShared {
-            waker: EngineWaker::new()?,
-            commands: Mutex::new(Vec::new()),
-            dirty: Mutex::new(Vec::new()),
+        let shared = Arc::new(EndpointShared {
             incoming: Mutex::new(VecDeque::new()),
             incoming_ready: tokio::sync::Notify::new(),
             closed: AtomicBool::new(false),
@@ -97,31 +109,54 @@ impl Endpoint {
             open_connections: AtomicUsize::new(0),
             stats: Mutex::new(EndpointCounters::default()),
         });
-        let counters = queues
-            .iter()
-            .map(|q| (q.kind().clone(), q.counters().clone()))
-            .collect();
+        let engines = (0..groups.len())
+            .map(|_| EngineShared::new(shared.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Each queue once, even where several engines hold a handle on it.
+        let mut counters: Vec<(QueueKind, Arc<QueueCounters>)> = Vec::new();
+        for q in groups.iter().flatten() {
+            if !counters.iter().any(|(_, c)| Arc::ptr_eq(c, q.counters())) {
+                counters.push((q.kind().clone(), q.counters().clone()));
+            }
+        }
         let local = datapath.local_addr();
         let mode = datapath.mode().clone();
         let datapath = Arc::new(Mutex::new(Some(datapath)));
-        let engine = Engine::new(proto, queues, shared.clone(), admission);
-        let held = datapath.clone();
-        let thread = std::thread::Builder::new()
-            .name("quic-xdp-engine".into())
-            .spawn(move || {
-                engine.run();
-                drop(held.lock().unwrap().take());
-            })?;
-        tracing::info!(%mode, %local, "endpoint bound");
+        let running = Arc::new(AtomicUsize::new(groups.len()));
+        let admission = Arc::new(admission);
+        let mut threads = Vec::new();
+        for (index, (proto, queues)) in protos.into_iter().zip(groups).enumerate() {
+            let peers = Peers {
+                index,
+                engines: engines.clone(),
+                cids,
+            };
+            let engine = Engine::new(proto, queues, peers, admission.clone());
+            let (datapath, running) = (datapath.clone(), running.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("quic-xdp-engine-{index}"))
+                    .spawn(move || {
+                        engine.run();
+                        // The last engine out closes the sockets and
+                        // detaches the XDP program.
+                        if running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                            drop(datapath.lock().unwrap().take());
+                        }
+                    })?,
+            );
+        }
+        tracing::info!(%mode, %local, engines = threads.len(), "endpoint bound");
         Ok(Self {
             inner: Arc::new(EndpointInner {
                 shared,
+                engines,
                 local,
                 mode,
                 dev_ca,
                 queues: counters,
                 datapath,
-                engine: Mutex::new(Some(thread)),
+                threads: Mutex::new(threads),
             }),
         })
     }
@@ -147,6 +182,11 @@ impl Endpoint {
         self.inner.local
     }
 
+    /// How many engine threads run (one per AF_XDP queue).
+    pub fn engines(&self) -> usize {
+        self.inner.engines.len()
+    }
+
     /// The datapath actually in use (XDP details, or why it fell back).
     pub fn mode(&self) -> &ActiveMode {
         &self.inner.mode
@@ -160,10 +200,7 @@ impl Endpoint {
 
     /// Closes every connection with `code` and stops accepting.
     pub fn close(&self, code: VarInt, reason: &[u8]) {
-        self.inner.shared.command(Command::Close {
-            code,
-            reason: Bytes::copy_from_slice(reason),
-        });
+        self.inner.close(code, Bytes::copy_from_slice(reason));
     }
 
     /// Resolves when no connection is open.
@@ -186,10 +223,13 @@ impl Endpoint {
     pub async fn shutdown(&self) {
         self.close(VarInt::from_u32(0), b"");
         self.wait_idle().await;
-        let thread = self.inner.engine.lock().unwrap().take();
-        if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
+        let threads = std::mem::take(&mut *self.inner.threads.lock().unwrap());
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
     }
 
     pub fn stats(&self) -> EndpointStats {

@@ -1,9 +1,12 @@
-//! The engine: one thread that owns the `quinn_proto::Endpoint`, its
-//! connections and the datapath queues, and runs each pass to completion:
+//! The engine: a thread that owns one `quinn_proto::Endpoint`, its
+//! connections and one group of datapath queues (an AF_XDP socket plus the
+//! kernel socket), and runs each pass to completion:
 //!
 //! 1. commands from the tokio side (accept/refuse/retry, close);
-//! 2. receive batches: `Endpoint::handle` on each datagram, connection
-//!    events fed in place, new connections admitted (or retried/refused);
+//! 2. receive batches: each datagram goes to the engine its connection ID
+//!    names (see `cid`); here, `Endpoint::handle` with connection events
+//!    fed in place and new connections admitted (or retried/refused);
+//!    then the datagrams other engines forwarded;
 //! 3. drive every connection that received, was touched by the API, or hit
 //!    its timer: endpoint events, app events (task wake-ups),
 //!    `poll_transmit` straight into the datapath's send;
@@ -13,12 +16,13 @@
 use std::{
     collections::{BTreeSet, HashMap},
     io,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use bytes::BytesMut;
-use datapath::{PacketIo, Transmit, io::EcnCodepoint as WireEcn};
+use datapath::{PacketIo, QueueKind, Transmit, io::EcnCodepoint as WireEcn};
 use quinn_proto::{
     ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint as ProtoEndpoint,
 };
@@ -26,7 +30,8 @@ use quinn_proto::{
 use crate::{
     Incoming,
     builder::RetryPolicy,
-    shared::{Command, ConnShared, ConnState, EngineShared, PendingTransmit},
+    cid::CidScheme,
+    shared::{Command, ConnShared, ConnState, EngineShared, Forwarded, PendingTransmit},
 };
 
 /// Receive batches per queue in one pass before other work gets a turn.
@@ -40,43 +45,122 @@ pub(crate) struct Admission {
     pub retry: RetryPolicy,
 }
 
+/// Where an engine's engines are, for routing.
+pub(crate) struct Peers {
+    pub index: usize,
+    pub engines: Vec<Arc<EngineShared>>,
+    pub cids: CidScheme,
+}
+
 pub(crate) struct Engine {
     endpoint: ProtoEndpoint,
     queues: Vec<Box<dyn PacketIo>>,
+    /// The queue answering peers that reached us through the kernel, and
+    /// the one for everything else.
+    kernel_queue: usize,
+    xdp_queue: usize,
     conns: HashMap<ConnectionHandle, Arc<ConnShared>>,
     timers: BTreeSet<(Instant, ConnectionHandle)>,
     shared: Arc<EngineShared>,
-    admission: Admission,
+    peers: Peers,
+    admission: Arc<Admission>,
     /// Accepted connections whose handshake has not completed.
     handshaking: usize,
-    rx_arena: BytesMut,
+    rx: RxState,
+    outbox: Vec<Vec<Forwarded>>,
+    closing_since: Option<Instant>,
+}
+
+/// What handling one datagram touches, split from the queues so that a
+/// queue's receive callback can borrow it.
+struct RxState {
+    arena: BytesMut,
     tx_buf: Vec<u8>,
     touched: Vec<ConnectionHandle>,
     new_incoming: Vec<(quinn_proto::Incoming, usize)>,
     responses: Vec<(usize, PendingTransmit)>,
-    closing_since: Option<Instant>,
+}
+
+impl RxState {
+    /// Copies `data` out of the datapath's buffer into an owned datagram.
+    fn datagram(&mut self, data: &[u8]) -> BytesMut {
+        if self.arena.capacity() < data.len() {
+            self.arena.reserve(ARENA_CHUNK.max(data.len()));
+        }
+        self.arena.extend_from_slice(data);
+        self.arena.split()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle(
+        &mut self,
+        endpoint: &mut ProtoEndpoint,
+        conns: &HashMap<ConnectionHandle, Arc<ConnShared>>,
+        now: Instant,
+        queue: usize,
+        remote: SocketAddr,
+        local: IpAddr,
+        ecn: Option<EcnCodepoint>,
+        datagram: BytesMut,
+    ) {
+        self.tx_buf.clear();
+        match endpoint.handle(now, remote, Some(local), ecn, datagram, &mut self.tx_buf) {
+            Some(DatagramEvent::ConnectionEvent(h, event)) => {
+                if let Some(conn) = conns.get(&h) {
+                    let mut st = conn.lock();
+                    st.queue = queue;
+                    st.inner.handle_event(event);
+                    self.touched.push(h);
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => {
+                self.new_incoming.push((incoming, queue))
+            }
+            Some(DatagramEvent::Response(t)) => {
+                let p = pending(&t, &self.tx_buf[..t.size]);
+                self.responses.push((queue, p));
+            }
+            None => {}
+        }
+    }
 }
 
 impl Engine {
     pub fn new(
         endpoint: ProtoEndpoint,
         queues: Vec<Box<dyn PacketIo>>,
-        shared: Arc<EngineShared>,
-        admission: Admission,
+        peers: Peers,
+        admission: Arc<Admission>,
     ) -> Self {
+        let is_kernel = |q: &dyn PacketIo| !matches!(q.kind(), QueueKind::Xsk { .. });
+        let kernel_queue = queues
+            .iter()
+            .position(|q| is_kernel(q.as_ref()))
+            .unwrap_or(0);
+        let xdp_queue = queues
+            .iter()
+            .position(|q| !is_kernel(q.as_ref()))
+            .unwrap_or(kernel_queue);
+        let engines = peers.engines.len();
         Self {
             endpoint,
             queues,
+            kernel_queue,
+            xdp_queue,
             conns: HashMap::new(),
             timers: BTreeSet::new(),
-            shared,
+            shared: peers.engines[peers.index].clone(),
+            peers,
             admission,
             handshaking: 0,
-            rx_arena: BytesMut::with_capacity(ARENA_CHUNK),
-            tx_buf: Vec::with_capacity(64 * 1024),
-            touched: Vec::new(),
-            new_incoming: Vec::new(),
-            responses: Vec::new(),
+            rx: RxState {
+                arena: BytesMut::with_capacity(ARENA_CHUNK),
+                tx_buf: Vec::with_capacity(64 * 1024),
+                touched: Vec::new(),
+                new_incoming: Vec::new(),
+                responses: Vec::new(),
+            },
+            outbox: (0..engines).map(|_| Vec::new()).collect(),
             closing_since: None,
         }
     }
@@ -87,6 +171,7 @@ impl Engine {
         let mut fds: Vec<libc::pollfd> = self
             .queues
             .iter()
+            .filter(|q| q.receives())
             .map(|q| q.raw_fd())
             .chain([self.shared.waker.raw_fd()])
             .map(|fd| libc::pollfd {
@@ -99,27 +184,27 @@ impl Engine {
             self.shared.waker.reset();
             let now = Instant::now();
             self.run_commands(now);
-            let received = self.receive(now);
-            self.admit_new(now);
+            let received = self.receive(now) + self.receive_forwarded(now);
+            self.admit_new();
             self.collect_dirty_and_expired(now);
-            let mut touched = std::mem::take(&mut self.touched);
+            let mut touched = std::mem::take(&mut self.rx.touched);
             touched.sort_unstable();
             touched.dedup();
             let mut blocked = false;
             for h in touched.drain(..) {
                 blocked |= self.drive(h, now);
             }
-            self.touched = touched;
+            self.rx.touched.append(&mut touched);
             self.send_responses();
             for q in &mut self.queues {
                 if let Err(e) = q.flush() {
                     tracing::warn!(error = %e, "datapath flush failed");
                 }
             }
-            if let Some(since) = self.closing_since {
-                if self.conns.is_empty() || since.elapsed() >= DRAIN_LIMIT {
-                    break;
-                }
+            if let Some(since) = self.closing_since
+                && (self.conns.is_empty() || since.elapsed() >= DRAIN_LIMIT)
+            {
+                break;
             }
             if received == 0 && !blocked {
                 self.wait(&mut fds);
@@ -128,7 +213,7 @@ impl Engine {
         for q in &mut self.queues {
             q.refresh_counters();
         }
-        tracing::debug!("engine stopped");
+        tracing::debug!(engine = self.peers.index, "engine stopped");
     }
 
     fn run_commands(&mut self, now: Instant) {
@@ -163,15 +248,19 @@ impl Engine {
             self.refuse(incoming, queue);
             return Err(ConnectionError::LocallyClosed);
         }
-        self.tx_buf.clear();
-        match self.endpoint.accept(incoming, now, &mut self.tx_buf, None) {
+        self.rx.tx_buf.clear();
+        match self
+            .endpoint
+            .accept(incoming, now, &mut self.rx.tx_buf, None)
+        {
             Ok((handle, conn)) => {
                 let shared = ConnShared::new(handle, conn, queue, self.shared.clone());
                 self.conns.insert(handle, shared.clone());
                 self.handshaking += 1;
-                self.shared.open_connections.fetch_add(1, Ordering::Relaxed);
-                self.shared.stats.lock().unwrap().accepted += 1;
-                self.touched.push(handle);
+                let endpoint = &self.shared.endpoint;
+                endpoint.open_connections.fetch_add(1, Ordering::Relaxed);
+                endpoint.stats.lock().unwrap().accepted += 1;
+                self.rx.touched.push(handle);
                 Ok(shared)
             }
             Err(e) => {
@@ -184,18 +273,18 @@ impl Engine {
     }
 
     fn refuse(&mut self, incoming: quinn_proto::Incoming, queue: usize) {
-        self.tx_buf.clear();
-        let t = self.endpoint.refuse(incoming, &mut self.tx_buf);
+        self.rx.tx_buf.clear();
+        let t = self.endpoint.refuse(incoming, &mut self.rx.tx_buf);
         self.queue_response(queue, &t);
-        self.shared.stats.lock().unwrap().refused += 1;
+        self.shared.endpoint.stats.lock().unwrap().refused += 1;
     }
 
     fn retry(&mut self, incoming: quinn_proto::Incoming, queue: usize) {
-        self.tx_buf.clear();
-        match self.endpoint.retry(incoming, &mut self.tx_buf) {
+        self.rx.tx_buf.clear();
+        match self.endpoint.retry(incoming, &mut self.rx.tx_buf) {
             Ok(t) => {
                 self.queue_response(queue, &t);
-                self.shared.stats.lock().unwrap().retried += 1;
+                self.shared.endpoint.stats.lock().unwrap().retried += 1;
             }
             // Already validated: retrying again is not allowed.
             Err(e) => self.endpoint.ignore(e.into_incoming()),
@@ -204,69 +293,75 @@ impl Engine {
 
     fn close(&mut self, code: quinn_proto::VarInt, reason: bytes::Bytes, now: Instant) {
         self.closing_since.get_or_insert(now);
-        self.shared.closed.store(true, Ordering::Release);
-        let pending: Vec<Incoming> = self.shared.incoming.lock().unwrap().drain(..).collect();
-        for mut incoming in pending {
+        let endpoint = self.shared.endpoint.clone();
+        endpoint.closed.store(true, Ordering::Release);
+        // Attempts still waiting for the application: refuse those this
+        // engine received (the others refuse their own).
+        let mine: Vec<Incoming> = {
+            let mut waiting = endpoint.incoming.lock().unwrap();
+            let (mine, theirs): (Vec<_>, Vec<_>) = waiting
+                .drain(..)
+                .partition(|i: &Incoming| Arc::ptr_eq(i.engine(), &self.shared));
+            waiting.extend(theirs);
+            mine
+        };
+        for mut incoming in mine {
             if let Some((inner, queue)) = incoming.take() {
                 self.refuse(inner, queue);
             }
         }
-        self.shared.incoming_ready.notify_waiters();
+        endpoint.incoming_ready.notify_waiters();
         for (h, conn) in &self.conns {
             let mut st = conn.lock();
             st.inner.close(now, code, reason.clone());
             st.fail(ConnectionError::LocallyClosed);
-            self.touched.push(*h);
+            self.rx.touched.push(*h);
         }
     }
 
-    /// Feeds every waiting datagram to the endpoint; returns how many.
+    /// Feeds every waiting datagram to its engine; returns how many were
+    /// received here.
     fn receive(&mut self, now: Instant) -> usize {
         let Self {
             endpoint,
             queues,
             conns,
-            rx_arena,
-            tx_buf,
-            touched,
-            new_incoming,
-            responses,
+            rx,
+            peers,
+            outbox,
             ..
         } = self;
+        let me = peers.index;
         let mut total = 0;
         for (qi, q) in queues.iter_mut().enumerate() {
+            if !q.receives() {
+                continue;
+            }
+            let via_kernel = !matches!(q.kind(), QueueKind::Xsk { .. });
             for _ in 0..BATCHES_PER_PASS {
                 let result = q.recv(&mut |meta, data| {
-                    if rx_arena.capacity() < data.len() {
-                        rx_arena.reserve(ARENA_CHUNK.max(data.len()));
-                    }
-                    rx_arena.extend_from_slice(data);
-                    let datagram = rx_arena.split();
                     let ecn = meta.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8));
-                    tx_buf.clear();
-                    match endpoint.handle(
-                        now,
-                        meta.remote,
-                        Some(meta.local.ip()),
-                        ecn,
-                        datagram,
-                        tx_buf,
-                    ) {
-                        Some(DatagramEvent::ConnectionEvent(h, event)) => {
-                            if let Some(conn) = conns.get(&h) {
-                                let mut st = conn.lock();
-                                st.queue = qi;
-                                st.inner.handle_event(event);
-                                touched.push(h);
-                            }
-                        }
-                        Some(DatagramEvent::NewConnection(incoming)) => {
-                            new_incoming.push((incoming, qi));
-                        }
-                        Some(DatagramEvent::Response(t)) => {
-                            responses.push((qi, pending(&t, &tx_buf[..t.size])));
-                        }
-                        None => {}
+                    let owner = peers.cids.route(data, me);
+                    let datagram = rx.datagram(data);
+                    if owner == me {
+                        rx.handle(
+                            endpoint,
+                            conns,
+                            now,
+                            qi,
+                            meta.remote,
+                            meta.local.ip(),
+                            ecn,
+                            datagram,
+                        );
+                    } else {
+                        outbox[owner].push(Forwarded {
+                            remote: meta.remote,
+                            local: meta.local.ip(),
+                            ecn,
+                            data: datagram,
+                            via_kernel,
+                        });
                     }
                 });
                 match result {
@@ -279,19 +374,57 @@ impl Engine {
                 }
             }
         }
+        let mut forwarded = 0;
+        for (owner, list) in outbox.iter_mut().enumerate() {
+            if !list.is_empty() {
+                forwarded += list.len() as u64;
+                let engine = &peers.engines[owner];
+                engine.inbox.lock().unwrap().append(list);
+                engine.waker.wake();
+            }
+        }
+        if forwarded > 0 {
+            self.shared.endpoint.stats.lock().unwrap().forwarded += forwarded;
+        }
         total
+    }
+
+    /// Handles what other engines received for connections owned here.
+    fn receive_forwarded(&mut self, now: Instant) -> usize {
+        let inbox = std::mem::take(&mut *self.shared.inbox.lock().unwrap());
+        let n = inbox.len();
+        for f in inbox {
+            let queue = if f.via_kernel {
+                self.kernel_queue
+            } else {
+                self.xdp_queue
+            };
+            self.rx.handle(
+                &mut self.endpoint,
+                &self.conns,
+                now,
+                queue,
+                f.remote,
+                f.local,
+                f.ecn,
+                f.data,
+            );
+        }
+        n
     }
 
     /// Hands new connection attempts to the application, or answers them
     /// here: refused over the connection limit or while closing, asked to
     /// prove their address (Retry) when the policy says so.
-    fn admit_new(&mut self, _now: Instant) {
-        for (incoming, queue) in std::mem::take(&mut self.new_incoming) {
-            if self.closing_since.is_some() || self.conns.len() >= self.admission.max_connections {
+    fn admit_new(&mut self) {
+        for (incoming, queue) in std::mem::take(&mut self.rx.new_incoming) {
+            let endpoint = self.shared.endpoint.clone();
+            let open = endpoint.open_connections.load(Ordering::Relaxed);
+            if self.closing_since.is_some() || open >= self.admission.max_connections {
                 self.refuse(incoming, queue);
                 continue;
             }
-            let waiting = self.shared.incoming.lock().unwrap().len();
+            let waiting = endpoint.incoming.lock().unwrap().len();
             let retry = match self.admission.retry {
                 RetryPolicy::Never => false,
                 RetryPolicy::Always => true,
@@ -302,19 +435,21 @@ impl Engine {
                 continue;
             }
             let incoming = Incoming::new(incoming, queue, self.shared.clone());
-            self.shared.incoming.lock().unwrap().push_back(incoming);
-            self.shared.incoming_ready.notify_one();
+            endpoint.incoming.lock().unwrap().push_back(incoming);
+            endpoint.incoming_ready.notify_one();
         }
     }
 
     fn collect_dirty_and_expired(&mut self, now: Instant) {
-        self.touched.append(&mut self.shared.dirty.lock().unwrap());
+        self.rx
+            .touched
+            .append(&mut self.shared.dirty.lock().unwrap());
         while let Some(&(deadline, h)) = self.timers.first() {
             if deadline > now {
                 break;
             }
             self.timers.pop_first();
-            self.touched.push(h);
+            self.rx.touched.push(h);
         }
     }
 
@@ -360,8 +495,9 @@ impl Engine {
             }
             drop(st);
             self.conns.remove(&h);
-            if self.shared.open_connections.fetch_sub(1, Ordering::Relaxed) == 1 {
-                self.shared.idle.notify_waiters();
+            let endpoint = &self.shared.endpoint;
+            if endpoint.open_connections.fetch_sub(1, Ordering::Relaxed) == 1 {
+                endpoint.idle.notify_waiters();
             }
             return false;
         }
@@ -377,7 +513,7 @@ impl Engine {
         }
         if blocked {
             // Try again next pass, once the queue has drained.
-            self.touched.push(h);
+            self.rx.touched.push(h);
         }
         blocked
     }
@@ -386,28 +522,25 @@ impl Engine {
     /// more, or the queue no room.
     fn transmit(&mut self, st: &mut ConnState, now: Instant) -> Transmitted {
         let queue = &mut self.queues[st.queue];
-        if let Some(p) = st.pending_transmit.take() {
-            if let Err(e) = queue.send(&p.as_transmit())
-                && e.kind() == io::ErrorKind::WouldBlock
-            {
-                st.pending_transmit = Some(p);
-                return Transmitted::Blocked;
-            }
+        if let Some(p) = st.pending_transmit.take()
+            && let Err(e) = queue.send(&p.as_transmit())
+            && e.kind() == io::ErrorKind::WouldBlock
+        {
+            st.pending_transmit = Some(p);
+            return Transmitted::Blocked;
         }
+        let tx_buf = &mut self.rx.tx_buf;
         let mut sent_any = false;
         loop {
-            self.tx_buf.clear();
-            let Some(t) = st
-                .inner
-                .poll_transmit(now, queue.max_segments(), &mut self.tx_buf)
-            else {
+            tx_buf.clear();
+            let Some(t) = st.inner.poll_transmit(now, queue.max_segments(), tx_buf) else {
                 return if sent_any {
                     Transmitted::Some
                 } else {
                     Transmitted::Nothing
                 };
             };
-            let contents = &self.tx_buf[..t.size];
+            let contents = &tx_buf[..t.size];
             match queue.send(&wire_transmit(&t, contents)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -423,14 +556,14 @@ impl Engine {
     }
 
     fn queue_response(&mut self, queue: usize, t: &quinn_proto::Transmit) {
-        let p = pending(t, &self.tx_buf[..t.size]);
-        self.responses.push((queue, p));
+        let p = pending(t, &self.rx.tx_buf[..t.size]);
+        self.rx.responses.push((queue, p));
     }
 
     /// Stateless responses (Retry, refusals, version negotiation, resets)
     /// are sent best effort: a full queue drops them, the peer retries.
     fn send_responses(&mut self) {
-        for (queue, p) in self.responses.drain(..) {
+        for (queue, p) in self.rx.responses.drain(..) {
             if let Err(e) = self.queues[queue].send(&p.as_transmit()) {
                 tracing::debug!(error = %e, "stateless response dropped");
             }

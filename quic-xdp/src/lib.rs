@@ -25,6 +25,7 @@
 //! ```
 
 mod builder;
+mod cid;
 mod connection;
 mod endpoint;
 mod engine;

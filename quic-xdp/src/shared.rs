@@ -80,23 +80,50 @@ impl EngineWaker {
     }
 }
 
-/// What the engine and every handle of the endpoint share.
-pub(crate) struct EngineShared {
-    pub waker: EngineWaker,
-    pub commands: Mutex<Vec<Command>>,
-    /// Connections whose state an API call changed.
-    pub dirty: Mutex<Vec<ConnectionHandle>>,
+/// What every engine and every handle of the endpoint share.
+pub(crate) struct EndpointShared {
     pub incoming: Mutex<std::collections::VecDeque<crate::Incoming>>,
     pub incoming_ready: tokio::sync::Notify,
     /// Set once the endpoint stops accepting.
     pub closed: AtomicBool,
-    /// Notified when the last connection is gone after a close.
+    /// Notified when the last connection is gone.
     pub idle: tokio::sync::Notify,
     pub open_connections: AtomicUsize,
     pub stats: Mutex<crate::endpoint::EndpointCounters>,
 }
 
+/// A datagram that arrived at one engine for a connection another owns.
+pub(crate) struct Forwarded {
+    pub remote: std::net::SocketAddr,
+    pub local: std::net::IpAddr,
+    pub ecn: Option<quinn_proto::EcnCodepoint>,
+    pub data: bytes::BytesMut,
+    /// Whether it came through the kernel socket (replies must too).
+    pub via_kernel: bool,
+}
+
+/// What one engine shares with the tokio side and the other engines.
+pub(crate) struct EngineShared {
+    pub waker: EngineWaker,
+    pub commands: Mutex<Vec<Command>>,
+    /// Connections whose state an API call changed.
+    pub dirty: Mutex<Vec<ConnectionHandle>>,
+    /// Datagrams other engines received for this engine's connections.
+    pub inbox: Mutex<Vec<Forwarded>>,
+    pub endpoint: Arc<EndpointShared>,
+}
+
 impl EngineShared {
+    pub fn new(endpoint: Arc<EndpointShared>) -> std::io::Result<Self> {
+        Ok(Self {
+            waker: EngineWaker::new()?,
+            commands: Mutex::new(Vec::new()),
+            dirty: Mutex::new(Vec::new()),
+            inbox: Mutex::new(Vec::new()),
+            endpoint,
+        })
+    }
+
     pub fn command(&self, command: Command) {
         self.commands.lock().unwrap().push(command);
         self.waker.wake();

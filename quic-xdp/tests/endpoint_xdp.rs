@@ -155,3 +155,73 @@ async fn idle_timeout_over_xdp() {
     assert_eq!(reason, quic_xdp::ConnectionError::TimedOut);
     ep.shutdown().await;
 }
+
+/// Two rx queues: two engines, one per AF_XDP socket. Flows spread over
+/// both; a client that migrates to a new port may land on the other queue,
+/// whose engine forwards its datagrams to the connection's owner by CID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_engine_per_queue_with_cid_routing() {
+    if !datapath::testbed::privileged() {
+        return;
+    }
+    let net = TestNet::create(&TestNetConfig {
+        queues: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let builder = Endpoint::builder(SocketAddr::new("::".parse().unwrap(), PORT))
+        .interface(TestNet::SERVER_IF)
+        .mode(Mode::Xdp)
+        .alpn([ALPN]);
+    let ep = net.server.run(|| builder.bind().unwrap());
+    assert_eq!(ep.engines(), 2);
+    spawn_echo(ep.clone());
+    let server = net.server_addr(false, PORT);
+
+    // Migration: each client rebinds to a fresh socket mid-connection.
+    let mut migrated = Vec::new();
+    for i in 0..12u8 {
+        let client = quinn_client(&net, server, &ep);
+        let conn = connect(&client, server).await;
+        assert_eq!(
+            echo_stream(&conn, &pattern(3000, i)).await,
+            pattern(3000, i)
+        );
+        client
+            .rebind(net.client.run(|| unspecified_socket(server)))
+            .unwrap();
+        let data = pattern(200_000, i);
+        assert_eq!(
+            timeout(TIMEOUT, echo_stream(&conn, &data)).await.unwrap(),
+            data
+        );
+        migrated.push((client, conn));
+    }
+    hundred_connections(server, || quinn_client(&net, server, &ep)).await;
+
+    let stats = ep.stats();
+    let per_queue: Vec<u64> = stats
+        .queues
+        .iter()
+        .filter(|(k, _)| matches!(k, QueueKind::Xsk { .. }))
+        .map(|(_, c)| c.rx_packets)
+        .collect();
+    assert_eq!(per_queue.len(), 2);
+    assert!(
+        per_queue.iter().all(|&n| n > 0),
+        "flows on both queues: {per_queue:?}"
+    );
+    assert!(
+        stats.admission.forwarded > 0,
+        "no migration crossed queues: {stats:?}"
+    );
+    assert_served_over_xdp(&ep);
+    for (client, conn) in migrated {
+        conn.close(0u32.into(), b"");
+        client.wait_idle().await;
+    }
+    timeout(Duration::from_secs(10), ep.shutdown())
+        .await
+        .unwrap();
+    assert!(!net.server_xdp_attached());
+}
