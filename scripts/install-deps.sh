@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages quic-xdp needs to build and test:
 # clang/llvm and libbpf headers for the XDP program, libelf/zlib/libpcap/m4
-# for the libxdp that xsk-rs builds from source, iproute2/ping/ethtool for
-# the namespace tests and the demo.
+# for the libxdp that xsk-rs builds from source, iproute2/ping/ethtool/nft
+# for the namespace tests (nft injects faults) and the demo.
 set -euo pipefail
 
 packages=(clang llvm m4 pkg-config libelf-dev zlib1g-dev libpcap-dev libbpf-dev
-          iproute2 iputils-ping ethtool)
+          iproute2 iputils-ping ethtool nftables)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

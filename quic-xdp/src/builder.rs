@@ -22,7 +22,7 @@ use crate::{Endpoint, Error, cid::CidScheme, engine::Admission};
 pub enum RetryPolicy {
     Never,
     Always,
-    /// Once this many attempts are waiting for the application or still
+    /// Once this many attempts are undecided by the application or still
     /// handshaking.
     WhenBusy {
         unvalidated: usize,
@@ -50,6 +50,7 @@ pub struct EndpointBuilder {
     server_config: Option<ServerConfig>,
     max_connections: usize,
     retry: RetryPolicy,
+    reset_secret: Option<[u8; 32]>,
 }
 
 impl EndpointBuilder {
@@ -62,6 +63,7 @@ impl EndpointBuilder {
             server_config: None,
             max_connections: 10_000,
             retry: RetryPolicy::WhenBusy { unvalidated: 256 },
+            reset_secret: None,
         }
     }
 
@@ -131,7 +133,16 @@ impl EndpointBuilder {
         self
     }
 
-    /// Opens the datapath and starts the engine thread.
+    /// A secret kept across restarts: a restarted endpoint then recognizes
+    /// the connection IDs of the previous run and answers their datagrams
+    /// with stateless resets the peers accept, so they fail fast instead of
+    /// timing out. Random (per run) by default.
+    pub fn reset_secret(mut self, secret: [u8; 32]) -> Self {
+        self.reset_secret = Some(secret);
+        self
+    }
+
+    /// Opens the datapath and starts the engine threads.
     pub fn bind(self) -> Result<Endpoint, Error> {
         let (server_config, dev_ca) = match self.server_config {
             Some(config) => (config, None),
@@ -162,14 +173,26 @@ impl EndpointBuilder {
         // One quinn-proto endpoint per engine: its own CIDs, but one
         // server configuration (Retry token and session ticket keys) and
         // one stateless-reset key, so any engine can answer for any other.
-        let cids = CidScheme::new(groups.len());
+        let secret = match self.reset_secret {
+            Some(secret) => secret,
+            None => {
+                let mut secret = [0u8; 32];
+                SystemRandom::new()
+                    .fill(&mut secret)
+                    .map_err(|_| Error::Tls("no system randomness for the reset key".into()))?;
+                secret
+            }
+        };
+        let derive = |label: &[u8]| hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &secret), label);
+        let cid_key = derive(b"quic-xdp cid check").as_ref()[..8]
+            .try_into()
+            .expect("8 bytes");
+        let cids = CidScheme::new(groups.len(), cid_key);
+        let reset_key: Arc<dyn HmacKey> = Arc::new(hmac::Key::new(
+            hmac::HMAC_SHA256,
+            derive(b"quic-xdp stateless reset").as_ref(),
+        ));
         let server_config = Arc::new(server_config);
-        let mut reset_secret = [0u8; 64];
-        SystemRandom::new()
-            .fill(&mut reset_secret)
-            .map_err(|_| Error::Tls("no system randomness for the reset key".into()))?;
-        let reset_key: Arc<dyn HmacKey> =
-            Arc::new(hmac::Key::new(hmac::HMAC_SHA256, &reset_secret));
         let protos = (0..groups.len())
             .map(|engine| {
                 let mut config = EndpointConfig::new(reset_key.clone());

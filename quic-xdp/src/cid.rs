@@ -21,13 +21,20 @@ pub(crate) struct CidScheme {
 }
 
 impl CidScheme {
-    pub fn new(engines: usize) -> Self {
+    /// `key` makes our CIDs recognizable; kept across restarts (see
+    /// `EndpointBuilder::reset_secret`) it recognizes an earlier run's CIDs.
+    pub fn new(engines: usize, key: [u8; CID_LEN]) -> Self {
         assert!((1..=256).contains(&engines), "at most 256 engines");
+        Self { engines, key }
+    }
+
+    #[cfg(test)]
+    fn random(engines: usize) -> Self {
         let mut key = [0; CID_LEN];
         SystemRandom::new()
             .fill(&mut key)
             .expect("system randomness");
-        Self { engines, key }
+        Self::new(engines, key)
     }
 
     fn check(&self, cid: &[u8]) -> u8 {
@@ -123,7 +130,7 @@ mod tests {
 
     #[test]
     fn our_cids_route_to_their_engine_from_any_queue() {
-        let scheme = CidScheme::new(4);
+        let scheme = CidScheme::random(4);
         for engine in 0..4 {
             let mut generator = scheme.generator(engine);
             for _ in 0..100 {
@@ -139,7 +146,7 @@ mod tests {
 
     #[test]
     fn foreign_cids_stay_where_they_arrived() {
-        let scheme = CidScheme::new(4);
+        let scheme = CidScheme::random(4);
         let random = SystemRandom::new();
         let mut misrouted = 0;
         for _ in 0..10_000 {
@@ -164,8 +171,25 @@ mod tests {
     }
 
     #[test]
+    fn a_scheme_with_the_same_key_recognizes_earlier_cids() {
+        let key = [3u8; CID_LEN];
+        let before = CidScheme::new(2, key);
+        let after = CidScheme::new(2, key);
+        let mut generator = before.generator(1);
+        for _ in 0..100 {
+            let cid = generator.generate_cid();
+            assert_eq!(after.owner(&cid), Some(1));
+            assert!(after.generator(0).validate(&cid).is_ok());
+        }
+        assert_eq!(
+            CidScheme::new(2, [4; CID_LEN]).owner(&generator.generate_cid()),
+            None
+        );
+    }
+
+    #[test]
     fn one_engine_routes_everything_to_itself() {
-        let scheme = CidScheme::new(1);
+        let scheme = CidScheme::random(1);
         assert_eq!(scheme.route(&short_header(&[9; 8]), 0), 0);
     }
 }

@@ -5,7 +5,7 @@ use std::{
     future::{Future, poll_fn},
     net::{IpAddr, SocketAddr},
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
@@ -33,6 +33,7 @@ impl Incoming {
         queue: usize,
         engine: Arc<EngineShared>,
     ) -> Self {
+        engine.endpoint.undecided.fetch_add(1, Ordering::Relaxed);
         Self {
             inner: Some((Box::new(inner), queue)),
             engine,
@@ -44,10 +45,14 @@ impl Incoming {
         &self.engine
     }
 
+    /// Takes the attempt out to decide it.
     pub(crate) fn take(&mut self) -> Option<(quinn_proto::Incoming, usize)> {
-        self.inner
-            .take()
-            .map(|(incoming, queue)| (*incoming, queue))
+        let (incoming, queue) = self.inner.take()?;
+        self.engine
+            .endpoint
+            .undecided
+            .fetch_sub(1, Ordering::Relaxed);
+        Some((*incoming, queue))
     }
 
     fn proto(&self) -> &quinn_proto::Incoming {

@@ -107,6 +107,7 @@ impl Endpoint {
             closed: AtomicBool::new(false),
             idle: tokio::sync::Notify::new(),
             open_connections: AtomicUsize::new(0),
+            undecided: AtomicUsize::new(0),
             stats: Mutex::new(EndpointCounters::default()),
         });
         let engines = (0..groups.len())

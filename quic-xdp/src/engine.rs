@@ -424,11 +424,13 @@ impl Engine {
                 self.refuse(incoming, queue);
                 continue;
             }
-            let waiting = endpoint.incoming.lock().unwrap().len();
+            let undecided = endpoint.undecided.load(Ordering::Relaxed);
             let retry = match self.admission.retry {
                 RetryPolicy::Never => false,
                 RetryPolicy::Always => true,
-                RetryPolicy::WhenBusy { unvalidated } => waiting + self.handshaking >= unvalidated,
+                RetryPolicy::WhenBusy { unvalidated } => {
+                    undecided + self.handshaking >= unvalidated
+                }
             };
             if retry && incoming.may_retry() {
                 self.retry(incoming, queue);

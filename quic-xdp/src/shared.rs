@@ -89,6 +89,9 @@ pub(crate) struct EndpointShared {
     /// Notified when the last connection is gone.
     pub idle: tokio::sync::Notify,
     pub open_connections: AtomicUsize,
+    /// Connection attempts handed to the application and not yet
+    /// accepted, refused, retried or dropped.
+    pub undecided: AtomicUsize,
     pub stats: Mutex<crate::endpoint::EndpointCounters>,
 }
 

@@ -94,6 +94,67 @@ async fn resumed_sessions_send_zero_rtt_data() {
 }
 
 #[tokio::test]
+async fn key_updates_mid_transfer() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    spawn_echo(ep.clone());
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    let conn = connect(&client, server).await;
+    for i in 0..5u8 {
+        conn.force_key_update();
+        let data = pattern(300_000, i);
+        assert_eq!(
+            echo_stream(&conn, &data).await,
+            data,
+            "after key update {i}"
+        );
+    }
+    ep.shutdown().await;
+}
+
+/// Under load (attempts waiting for the application), new attempts must
+/// first prove their address; they still connect.
+#[tokio::test]
+async fn retry_kicks_in_when_busy() {
+    let (ep, server) =
+        start(builder("127.0.0.1:0").retry(RetryPolicy::WhenBusy { unvalidated: 1 }));
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    // The application is slow: the first attempt waits unaccepted.
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.connect(server, "localhost").unwrap().await }
+    });
+    let held = timeout(Duration::from_secs(5), ep.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !held.remote_address_validated(),
+        "the first attempt was not retried"
+    );
+    let second = tokio::spawn({
+        let client = client.clone();
+        async move { client.connect(server, "localhost").unwrap().await }
+    });
+    let retried = timeout(Duration::from_secs(5), ep.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        retried.remote_address_validated(),
+        "the second attempt proved its address"
+    );
+    assert_eq!(ep.stats().admission.retried, 1);
+    let (a, b) = (held.accept(), retried.accept());
+    let (a, b) = tokio::join!(a, b);
+    let (a, b) = (a.unwrap(), b.unwrap());
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    a.close(0u32.into(), b"");
+    b.close(0u32.into(), b"");
+    ep.shutdown().await;
+}
+
+#[tokio::test]
 async fn datagrams_are_echoed() {
     let (ep, server) = start(builder("127.0.0.1:0"));
     spawn_echo(ep.clone());

@@ -225,3 +225,74 @@ async fn one_engine_per_queue_with_cid_routing() {
         .unwrap();
     assert!(!net.server_xdp_attached());
 }
+
+/// Drops (or stops dropping) every datagram from the QUIC port arriving in
+/// the client namespace. Filtering on the client's input hook catches
+/// AF_XDP transmits too, which bypass netfilter on the sending side.
+fn block_server_to_client(net: &TestNet, block: bool) {
+    let nft = |args: &[&str]| {
+        let out = net.client.command("nft").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "nft {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    if block {
+        nft(&["add", "table", "inet", "qxtest"]);
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            "qxtest",
+            "in",
+            "{ type filter hook input priority 0 ; }",
+        ]);
+        nft(&[
+            "add", "rule", "inet", "qxtest", "in", "udp", "sport", "4433", "drop",
+        ]);
+    } else {
+        nft(&["delete", "table", "inet", "qxtest"]);
+    }
+}
+
+/// A server restarted with the same reset secret answers the previous
+/// run's connections with stateless resets: the client fails fast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_server_resets_old_connections() {
+    let secret = [7u8; 32];
+    let certs = certs::DevCerts::localhost().unwrap();
+    let (chain, key) = (certs.chain(), certs.key());
+    let Some((net, ep)) = xdp_endpoint(|b| b.reset_secret(secret).certificate(chain, key)) else {
+        return;
+    };
+    spawn_echo(ep.clone());
+    let server = net.server_addr(false, PORT);
+    let client = client_on(
+        net.client.run(|| unspecified_socket(server)),
+        &certs.ca_der(),
+    );
+    let conn = connect(&client, server).await;
+    assert_eq!(echo_stream(&conn, b"before").await, b"before");
+
+    // The first server goes away without the client hearing its close...
+    block_server_to_client(&net, true);
+    ep.shutdown().await;
+    let (chain, key) = (certs.chain(), certs.key());
+    let builder = Endpoint::builder(SocketAddr::new("::".parse().unwrap(), PORT))
+        .interface(TestNet::SERVER_IF)
+        .mode(Mode::Xdp)
+        .alpn([ALPN])
+        .reset_secret(secret)
+        .certificate(chain, key);
+    let restarted = net.server.run(|| builder.bind().unwrap());
+    block_server_to_client(&net, false);
+
+    // ...so its next datagram meets a server that never heard of it.
+    let result = timeout(Duration::from_secs(10), echo_stream_result(&conn, b"after"))
+        .await
+        .unwrap();
+    assert!(result.is_err(), "the old connection must not work");
+    assert_eq!(conn.close_reason(), Some(quinn::ConnectionError::Reset));
+    restarted.shutdown().await;
+}

@@ -103,6 +103,16 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// Like `echo_stream`, reporting failure instead of panicking.
+pub async fn echo_stream_result(conn: &quinn::Connection, data: &[u8]) -> Result<Vec<u8>, String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(data).await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    recv.read_to_end(usize::MAX)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Sends `data` on a new stream and returns what came back.
 pub async fn echo_stream(conn: &quinn::Connection, data: &[u8]) -> Vec<u8> {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
