@@ -94,6 +94,34 @@ async fn resumed_sessions_send_zero_rtt_data() {
 }
 
 #[tokio::test]
+async fn unidirectional_streams_both_ways() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    let server_ep = ep.clone();
+    tokio::spawn(async move {
+        let conn = server_ep.accept().await.unwrap().accept().await.unwrap();
+        let mut incoming = conn.accept_uni().await.unwrap();
+        let request = incoming.read_to_end(1 << 20).await.unwrap();
+        let mut reply = conn.open_uni().await.unwrap();
+        reply.write_all(&request).await.unwrap();
+        reply.write_all(b" (server)").await.unwrap();
+        reply.finish().unwrap();
+        conn.closed().await;
+    });
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    let conn = connect(&client, server).await;
+    let mut send = conn.open_uni().await.unwrap();
+    send.write_all(b"one way").await.unwrap();
+    send.finish().unwrap();
+    let mut recv = timeout(Duration::from_secs(5), conn.accept_uni())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(recv.read_to_end(100).await.unwrap(), b"one way (server)");
+    conn.close(0u32.into(), b"");
+    ep.shutdown().await;
+}
+
+#[tokio::test]
 async fn key_updates_mid_transfer() {
     let (ep, server) = start(builder("127.0.0.1:0"));
     spawn_echo(ep.clone());
