@@ -243,38 +243,55 @@ impl Connection {
     }
 
     async fn open(&self, dir: Dir) -> Result<quinn_proto::StreamId, ConnectionError> {
-        poll_fn(|cx| {
-            let mut st = self.0.lock();
-            if let Some(e) = &st.error {
-                return Poll::Ready(Err(e.clone()));
-            }
-            if let Some(id) = st.inner.streams().open(dir) {
-                drop(st);
-                self.0.wake_engine();
-                return Poll::Ready(Ok(id));
-            }
-            st.wait_available(dir, cx.waker());
-            Poll::Pending
-        })
-        .await
+        poll_fn(|cx| self.poll_open(cx, dir)).await
     }
 
     async fn accept(&self, dir: Dir) -> Result<quinn_proto::StreamId, ConnectionError> {
-        poll_fn(|cx| {
-            let mut st = self.0.lock();
-            if let Some(id) = st.inner.streams().accept(dir) {
-                // Accepting raises the peer's stream credit.
-                drop(st);
-                self.0.wake_engine();
-                return Poll::Ready(Ok(id));
-            }
-            if let Some(e) = &st.error {
-                return Poll::Ready(Err(e.clone()));
-            }
-            st.wait_opened(dir, cx.waker());
-            Poll::Pending
-        })
-        .await
+        poll_fn(|cx| self.poll_accept(cx, dir)).await
+    }
+
+    /// Opens a stream if the peer's limit allows, else registers to be
+    /// woken when it does.
+    pub(crate) fn poll_open(
+        &self,
+        cx: &mut Context<'_>,
+        dir: Dir,
+    ) -> Poll<Result<quinn_proto::StreamId, ConnectionError>> {
+        let mut st = self.0.lock();
+        if let Some(e) = &st.error {
+            return Poll::Ready(Err(e.clone()));
+        }
+        if let Some(id) = st.inner.streams().open(dir) {
+            drop(st);
+            self.0.wake_engine();
+            return Poll::Ready(Ok(id));
+        }
+        st.wait_available(dir, cx.waker());
+        Poll::Pending
+    }
+
+    /// The next stream the peer opened, else registers to be woken.
+    pub(crate) fn poll_accept(
+        &self,
+        cx: &mut Context<'_>,
+        dir: Dir,
+    ) -> Poll<Result<quinn_proto::StreamId, ConnectionError>> {
+        let mut st = self.0.lock();
+        if let Some(id) = st.inner.streams().accept(dir) {
+            // Accepting raises the peer's stream credit.
+            drop(st);
+            self.0.wake_engine();
+            return Poll::Ready(Ok(id));
+        }
+        if let Some(e) = &st.error {
+            return Poll::Ready(Err(e.clone()));
+        }
+        st.wait_opened(dir, cx.waker());
+        Poll::Pending
+    }
+
+    pub(crate) fn conn_ref(&self) -> &ConnRef {
+        &self.0
     }
 
     /// Sends an unreliable datagram (RFC 9221), if the peer allows them.

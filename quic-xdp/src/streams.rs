@@ -108,7 +108,7 @@ impl SendStream {
         Ok(())
     }
 
-    fn poll_write_buf(
+    pub(crate) fn poll_write_buf(
         &mut self,
         cx: &mut Context<'_>,
         buf: &[u8],
@@ -240,7 +240,7 @@ impl RecvStream {
         self.conn.edit(|st| st.inner.recv_stream(id).stop(code))
     }
 
-    fn poll_chunk(
+    pub(crate) fn poll_chunk(
         &mut self,
         cx: &mut Context<'_>,
         max: usize,

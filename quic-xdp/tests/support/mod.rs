@@ -10,10 +10,8 @@ use rustls_pki_types::CertificateDer;
 
 pub const ALPN: &[u8] = b"echo";
 
-pub fn client_config(
-    ca: &CertificateDer<'static>,
-    transport: Option<quinn::TransportConfig>,
-) -> quinn::ClientConfig {
+/// A quinn client configuration trusting `ca`, offering `alpn`.
+pub fn client_config(ca: &CertificateDer<'static>, alpn: &[u8]) -> quinn::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
     let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -23,13 +21,9 @@ pub fn client_config(
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     tls.enable_early_data = true;
-    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
-    if let Some(t) = transport {
-        config.transport_config(Arc::new(t));
-    }
-    config
+    quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()))
 }
 
 /// A quinn client endpoint bound to the unspecified address of `server`'s
@@ -60,7 +54,7 @@ pub fn client_on(socket: std::net::UdpSocket, ca: &CertificateDer<'static>) -> q
         Arc::new(quinn::TokioRuntime),
     )
     .unwrap();
-    ep.set_default_client_config(client_config(ca, None));
+    ep.set_default_client_config(client_config(ca, ALPN));
     ep
 }
 

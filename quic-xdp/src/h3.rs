@@ -1,0 +1,316 @@
+//! HTTP/3 over quic-xdp: the `h3` crate's QUIC traits for our connections
+//! and streams (what h3-quinn does for quinn). Enable the `h3` feature and
+//! wrap an accepted connection:
+//!
+//! ```no_run
+//! # async fn serve(conn: quic_xdp::Connection) -> Result<(), Box<dyn std::error::Error>> {
+//! let mut h3 = h3::server::Connection::<_, bytes::Bytes>::new(quic_xdp::h3::H3Connection::new(conn)).await?;
+//! while let Some(resolver) = h3.accept().await? {
+//!     let (request, mut stream) = resolver.resolve_request().await?;
+//!     stream.send_response(http::Response::new(())).await?;
+//!     stream.send_data(bytes::Bytes::from_static(b"hello")).await?;
+//!     stream.finish().await?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use bytes::{Buf, Bytes};
+use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
+use quinn_proto::{ConnectionError, Dir, VarInt};
+
+use crate::{Connection, RecvStream, SendStream, streams::ReadError, streams::WriteError};
+
+/// A quic-xdp connection as h3 sees it.
+pub struct H3Connection {
+    opener: H3Opener,
+}
+
+impl H3Connection {
+    pub fn new(conn: Connection) -> Self {
+        Self {
+            opener: H3Opener { conn },
+        }
+    }
+}
+
+/// Opens streams on the connection; h3 keeps one per request sender.
+#[derive(Clone)]
+pub struct H3Opener {
+    conn: Connection,
+}
+
+impl<B: Buf> quic::Connection<B> for H3Connection {
+    type RecvStream = H3RecvStream;
+    type OpenStreams = H3Opener;
+
+    fn poll_accept_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<H3RecvStream, ConnectionErrorIncoming>> {
+        let conn = &self.opener.conn;
+        let id = ready!(conn.poll_accept(cx, Dir::Uni)).map_err(connection_error)?;
+        Poll::Ready(Ok(H3RecvStream::new(RecvStream::new(
+            conn.conn_ref().clone(),
+            id,
+        ))))
+    }
+
+    fn poll_accept_bidi(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<H3BidiStream<B>, ConnectionErrorIncoming>> {
+        let conn = &self.opener.conn;
+        let id = ready!(conn.poll_accept(cx, Dir::Bi)).map_err(connection_error)?;
+        Poll::Ready(Ok(H3BidiStream::new(conn, id)))
+    }
+
+    fn opener(&self) -> H3Opener {
+        self.opener.clone()
+    }
+}
+
+impl<B: Buf> quic::OpenStreams<B> for H3Connection {
+    type BidiStream = H3BidiStream<B>;
+    type SendStream = H3SendStream<B>;
+
+    fn poll_open_bidi(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<H3BidiStream<B>, StreamErrorIncoming>> {
+        quic::OpenStreams::<B>::poll_open_bidi(&mut self.opener, cx)
+    }
+
+    fn poll_open_send(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<H3SendStream<B>, StreamErrorIncoming>> {
+        quic::OpenStreams::<B>::poll_open_send(&mut self.opener, cx)
+    }
+
+    fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
+        quic::OpenStreams::<B>::close(&mut self.opener, code, reason)
+    }
+}
+
+impl<B: Buf> quic::OpenStreams<B> for H3Opener {
+    type BidiStream = H3BidiStream<B>;
+    type SendStream = H3SendStream<B>;
+
+    fn poll_open_bidi(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<H3BidiStream<B>, StreamErrorIncoming>> {
+        let id = ready!(self.conn.poll_open(cx, Dir::Bi)).map_err(stream_connection_error)?;
+        Poll::Ready(Ok(H3BidiStream::new(&self.conn, id)))
+    }
+
+    fn poll_open_send(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<H3SendStream<B>, StreamErrorIncoming>> {
+        let id = ready!(self.conn.poll_open(cx, Dir::Uni)).map_err(stream_connection_error)?;
+        Poll::Ready(Ok(H3SendStream::new(SendStream::new(
+            self.conn.conn_ref().clone(),
+            id,
+        ))))
+    }
+
+    fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
+        let code = VarInt::from_u64(code.value()).unwrap_or(VarInt::MAX);
+        self.conn.close(code, reason);
+    }
+}
+
+/// Sending half: h3 hands over one buffer at a time (`send_data`) and
+/// drives it out with `poll_ready`.
+pub struct H3SendStream<B: Buf> {
+    stream: SendStream,
+    writing: Option<WriteBuf<B>>,
+}
+
+impl<B: Buf> H3SendStream<B> {
+    fn new(stream: SendStream) -> Self {
+        Self {
+            stream,
+            writing: None,
+        }
+    }
+}
+
+impl<B: Buf> quic::SendStream<B> for H3SendStream<B> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        while let Some(data) = &mut self.writing {
+            if !data.has_remaining() {
+                self.writing = None;
+                break;
+            }
+            let n = ready!(self.stream.poll_write_buf(cx, data.chunk())).map_err(write_error)?;
+            data.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn send_data<T: Into<WriteBuf<B>>>(&mut self, data: T) -> Result<(), StreamErrorIncoming> {
+        if self.writing.is_some() {
+            return Err(StreamErrorIncoming::Unknown(
+                "send_data before the previous data was sent".into(),
+            ));
+        }
+        self.writing = Some(data.into());
+        Ok(())
+    }
+
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        ready!(quic::SendStream::<B>::poll_ready(self, cx))?;
+        self.stream
+            .finish()
+            .map_err(|e| StreamErrorIncoming::Unknown(Box::new(e)))?;
+        Poll::Ready(Ok(()))
+    }
+
+    fn reset(&mut self, reset_code: u64) {
+        let _ = self
+            .stream
+            .reset(VarInt::from_u64(reset_code).unwrap_or(VarInt::MAX));
+    }
+
+    fn send_id(&self) -> StreamId {
+        stream_id(self.stream.id())
+    }
+}
+
+/// Receiving half.
+pub struct H3RecvStream {
+    stream: RecvStream,
+}
+
+impl H3RecvStream {
+    fn new(stream: RecvStream) -> Self {
+        Self { stream }
+    }
+}
+
+impl quic::RecvStream for H3RecvStream {
+    type Buf = Bytes;
+
+    fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
+        self.stream.poll_chunk(cx, usize::MAX).map_err(read_error)
+    }
+
+    fn stop_sending(&mut self, error_code: u64) {
+        let _ = self
+            .stream
+            .stop(VarInt::from_u64(error_code).unwrap_or(VarInt::MAX));
+    }
+
+    fn recv_id(&self) -> StreamId {
+        stream_id(self.stream.id())
+    }
+}
+
+/// Both halves of a request stream.
+pub struct H3BidiStream<B: Buf> {
+    send: H3SendStream<B>,
+    recv: H3RecvStream,
+}
+
+impl<B: Buf> H3BidiStream<B> {
+    fn new(conn: &Connection, id: quinn_proto::StreamId) -> Self {
+        Self {
+            send: H3SendStream::new(SendStream::new(conn.conn_ref().clone(), id)),
+            recv: H3RecvStream::new(RecvStream::new(conn.conn_ref().clone(), id)),
+        }
+    }
+}
+
+impl<B: Buf> quic::BidiStream<B> for H3BidiStream<B> {
+    type SendStream = H3SendStream<B>;
+    type RecvStream = H3RecvStream;
+
+    fn split(self) -> (H3SendStream<B>, H3RecvStream) {
+        (self.send, self.recv)
+    }
+}
+
+impl<B: Buf> quic::SendStream<B> for H3BidiStream<B> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        self.send.poll_ready(cx)
+    }
+    fn send_data<T: Into<WriteBuf<B>>>(&mut self, data: T) -> Result<(), StreamErrorIncoming> {
+        self.send.send_data(data)
+    }
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        self.send.poll_finish(cx)
+    }
+    fn reset(&mut self, reset_code: u64) {
+        self.send.reset(reset_code)
+    }
+    fn send_id(&self) -> StreamId {
+        self.send.send_id()
+    }
+}
+
+impl<B: Buf> quic::RecvStream for H3BidiStream<B> {
+    type Buf = Bytes;
+    fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
+        self.recv.poll_data(cx)
+    }
+    fn stop_sending(&mut self, error_code: u64) {
+        self.recv.stop_sending(error_code)
+    }
+    fn recv_id(&self) -> StreamId {
+        self.recv.recv_id()
+    }
+}
+
+fn stream_id(id: quinn_proto::StreamId) -> StreamId {
+    StreamId::try_from(u64::from(id)).expect("QUIC stream ids fit h3's")
+}
+
+fn connection_error(e: ConnectionError) -> ConnectionErrorIncoming {
+    match e {
+        ConnectionError::ApplicationClosed(close) => ConnectionErrorIncoming::ApplicationClose {
+            error_code: close.error_code.into_inner(),
+        },
+        ConnectionError::TimedOut => ConnectionErrorIncoming::Timeout,
+        other => ConnectionErrorIncoming::Undefined(Arc::new(other)),
+    }
+}
+
+fn stream_connection_error(e: ConnectionError) -> StreamErrorIncoming {
+    StreamErrorIncoming::ConnectionErrorIncoming {
+        connection_error: connection_error(e),
+    }
+}
+
+fn write_error(e: WriteError) -> StreamErrorIncoming {
+    match e {
+        WriteError::Stopped(code) => StreamErrorIncoming::StreamTerminated {
+            error_code: code.into_inner(),
+        },
+        WriteError::ConnectionLost(e) => stream_connection_error(e),
+        e @ WriteError::ClosedStream => StreamErrorIncoming::Unknown(Box::new(e)),
+    }
+}
+
+fn read_error(e: ReadError) -> StreamErrorIncoming {
+    match e {
+        ReadError::Reset(code) => StreamErrorIncoming::StreamTerminated {
+            error_code: code.into_inner(),
+        },
+        ReadError::ConnectionLost(e) => stream_connection_error(e),
+        e @ ReadError::ClosedStream => StreamErrorIncoming::Unknown(Box::new(e)),
+    }
+}
