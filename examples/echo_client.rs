@@ -19,8 +19,8 @@ use rustls_pki_types::{CertificateDer, pem::PemObject};
 struct Args {
     /// The echo server.
     server: SocketAddr,
-    /// CA certificate (PEM) to trust, e.g. the server's echo-ca.pem.
-    #[arg(long, default_value = "echo-ca.pem")]
+    /// CA certificate (PEM) to trust, e.g. the server's dev-ca.pem.
+    #[arg(long, default_value = "dev-ca.pem")]
     ca: PathBuf,
     /// Name to verify the server's certificate against.
     #[arg(long, default_value = "localhost")]

@@ -2,11 +2,13 @@
 # Installs the Debian packages quic-xdp needs to build and test:
 # clang/llvm and libbpf headers for the XDP program, libelf/zlib/libpcap/m4
 # for the libxdp that xsk-rs builds from source, iproute2/ping/ethtool/nft
-# for the namespace tests (nft injects faults) and the demo.
+# for the namespace tests (nft injects faults) and the demo; ngtcp2-client
+# and python3-venv for the HTTP/3 interop tests (aioquic comes from PyPI
+# into a venv, see test.sh).
 set -euo pipefail
 
 packages=(clang llvm m4 pkg-config libelf-dev zlib1g-dev libpcap-dev libbpf-dev
-          iproute2 iputils-ping ethtool nftables)
+          iproute2 iputils-ping ethtool nftables ngtcp2-client python3-venv)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -9,6 +9,13 @@ if [ "$(id -u)" != 0 ]; then
     echo "WARNING: not root - the XDP and network-namespace tests are skipped" >&2
     export QUIC_XDP_SKIP_PRIVILEGED=1
 fi
+# aioquic, the Python HTTP/3 client of the interop tests, in a venv.
+venv=target/interop-venv
+if ! "$venv/bin/python" -c "import aioquic" 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "aioquic==1.7.2"
+fi
+export QUIC_XDP_PYTHON=$PWD/$venv/bin/python
 cargo build --workspace --all-targets --all-features
 if cargo clippy --version >/dev/null 2>&1; then
     cargo clippy --workspace --all-targets --all-features -- -D warnings

@@ -36,7 +36,11 @@ impl DevCerts {
 
         let leaf_key = KeyPair::generate()?;
         let mut leaf_params = CertificateParams::new(names.to_vec())?;
-        leaf_params.is_ca = IsCa::ExplicitNoCa;
+        // No basicConstraints at all: an end entity, CA:FALSE by default.
+        // (rcgen's ExplicitNoCa writes cA FALSE out, which DER forbids for a
+        // DEFAULT value; strict parsers such as Python's cryptography, used
+        // by aioquic, reject the certificate.)
+        leaf_params.is_ca = IsCa::NoCa;
         leaf_params.distinguished_name = name("quic-xdp development server");
         leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -108,8 +112,8 @@ mod tests {
         assert_eq!(chain.len(), 2);
         assert_eq!(chain[1], certs.ca_der());
         // basicConstraints (OID 2.5.29.19), critical, then its value:
-        // SEQUENCE { cA FALSE } (explicit, or omitted as the default) in the
-        // leaf, SEQUENCE { cA TRUE } in the CA.
+        // SEQUENCE { cA TRUE } in the CA; the leaf must not say TRUE, nor
+        // write the DEFAULT FALSE out (not DER: strict parsers reject it).
         let ext = |value: &[u8]| {
             let mut der = vec![
                 0x06,
@@ -127,12 +131,12 @@ mod tests {
             der
         };
         let ca = ext(&[0x30, 0x03, 0x01, 0x01, 0xff]);
-        let not_ca = [ext(&[0x30, 0x03, 0x01, 0x01, 0x00]), ext(&[0x30, 0x00])];
+        let explicit_false = [0x30, 0x03, 0x01, 0x01, 0x00];
+        assert!(!contains(&chain[0], &ca), "leaf must not be a CA");
         assert!(
-            not_ca.iter().any(|e| contains(&chain[0], e)),
-            "leaf must be CA:FALSE"
+            !contains(&chain[0], &explicit_false),
+            "DEFAULT FALSE written out"
         );
-        assert!(!contains(&chain[0], &ca));
         assert!(contains(&chain[1], &ca), "CA must be CA:TRUE");
         assert!(contains(&chain[0], b"example.test"));
         assert!(!matches!(certs.key(), PrivateKeyDer::Pkcs1(_)));

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""HTTP/3 GETs with aioquic, for interop tests against quic-xdp.
+
+usage: aioquic_get.py HOST PORT CA_PEM OUT_DIR PATH... [--resume]
+
+Fetches every PATH on one connection (all requests in flight at once) and
+writes each body to OUT_DIR/<index>. With --resume it connects twice: the
+second connection resumes the first's session and sends its requests as
+0-RTT data. Prints a JSON report: per request status and length, and for
+the last connection whether the session was resumed and early data accepted.
+"""
+import asyncio
+import json
+import os
+import sys
+
+from aioquic.asyncio.client import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+
+
+class H3Client(QuicConnectionProtocol):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._http = H3Connection(self._quic)
+        self._responses = {}
+
+    def quic_event_received(self, event):
+        for ev in self._http.handle_event(event):
+            if not isinstance(ev, (HeadersReceived, DataReceived)):
+                continue
+            state = self._responses.get(ev.stream_id)
+            if state is None:
+                continue
+            if isinstance(ev, HeadersReceived):
+                state["status"] = int(dict(ev.headers)[b":status"])
+            else:
+                state["body"] += ev.data
+            if ev.stream_ended:
+                state["done"].set_result(None)
+
+    async def get(self, authority, path):
+        stream_id = self._quic.get_next_available_stream_id()
+        state = {"status": None, "body": b"", "done": asyncio.get_running_loop().create_future()}
+        self._responses[stream_id] = state
+        self._http.send_headers(
+            stream_id,
+            [(b":method", b"GET"), (b":scheme", b"https"),
+             (b":authority", authority.encode()), (b":path", path.encode())],
+            end_stream=True,
+        )
+        self.transmit()
+        await state["done"]
+        return state["status"], state["body"]
+
+
+async def fetch(host, port, ca, paths, ticket_store, early):
+    config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name="localhost")
+    config.load_verify_locations(ca)
+    if ticket_store.get("ticket"):
+        config.session_ticket = ticket_store["ticket"]
+    async with connect(host, port, configuration=config, create_protocol=H3Client,
+                       session_ticket_handler=lambda t: ticket_store.__setitem__("ticket", t),
+                       wait_connected=not early) as client:
+        results = await asyncio.gather(*(client.get(f"localhost:{port}", p) for p in paths))
+        await client.wait_connected()
+        tls = client._quic.tls
+        return results, tls.session_resumed, tls.early_data_accepted
+
+
+async def main():
+    args = [a for a in sys.argv[1:] if a != "--resume"]
+    resume = "--resume" in sys.argv
+    host, port, ca, out_dir, paths = args[0], int(args[1]), args[2], args[3], args[4:]
+    tickets = {}
+    results, resumed, early = await asyncio.wait_for(fetch(host, port, ca, paths, tickets, False), 30)
+    if resume:
+        await asyncio.sleep(0.2)
+        results, resumed, early = await asyncio.wait_for(fetch(host, port, ca, paths, tickets, True), 30)
+    os.makedirs(out_dir, exist_ok=True)
+    report = []
+    for i, (status, body) in enumerate(results):
+        with open(os.path.join(out_dir, str(i)), "wb") as f:
+            f.write(body)
+        report.append({"status": status, "length": len(body)})
+    print(json.dumps({"responses": report, "session_resumed": resumed, "early_data_accepted": early}))
+
+
+asyncio.run(main())

@@ -1,0 +1,132 @@
+//! What the example servers share: flags, binding, stopping, reporting.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use quic_xdp::{Endpoint, EndpointStats, Mode};
+
+/// What every example server takes on the command line.
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// Interface to steer on (XDP); default: the one owning --address.
+    #[arg(short, long)]
+    pub interface: Option<String>,
+    /// Address to serve; [::] serves IPv4 and IPv6.
+    #[arg(short, long, default_value = "::")]
+    pub address: std::net::IpAddr,
+    #[arg(short, long, default_value_t = 4433)]
+    pub port: u16,
+    #[arg(short, long, value_enum, default_value_t = ModeArg::Auto)]
+    pub mode: ModeArg,
+    /// Certificate chain (PEM, leaf first); default: a generated dev CA + leaf.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) for --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Where to write the generated dev CA (PEM) for clients to trust.
+    #[arg(long, default_value = "dev-ca.pem")]
+    pub ca_out: PathBuf,
+    /// Exit after this many seconds.
+    #[arg(long)]
+    pub duration: Option<f64>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ModeArg {
+    Auto,
+    Xdp,
+    Udp,
+}
+
+impl ServerArgs {
+    /// Binds the endpoint, writes the dev CA if one was generated, and
+    /// prints the mode it really runs in.
+    pub fn bind(&self, alpn: &str) -> anyhow::Result<Endpoint> {
+        let mut builder = Endpoint::builder(SocketAddr::new(self.address, self.port))
+            .mode(match self.mode {
+                ModeArg::Auto => Mode::Auto,
+                ModeArg::Xdp => Mode::Xdp,
+                ModeArg::Udp => Mode::Udp,
+            })
+            .alpn([alpn]);
+        if let Some(interface) = &self.interface {
+            builder = builder.interface(interface);
+        }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            builder = builder.cert_files(cert, key);
+        }
+        let endpoint = builder.bind().context("starting the endpoint")?;
+        if let Some(ca) = endpoint.dev_ca_certificate() {
+            std::fs::write(&self.ca_out, certs::certificate_pem(ca))
+                .with_context(|| format!("writing {}", self.ca_out.display()))?;
+            println!("dev CA written to {}", self.ca_out.display());
+        }
+        println!("mode: {}", endpoint.mode());
+        Ok(endpoint)
+    }
+
+    /// Waits for Ctrl-C, SIGTERM or the end of --duration.
+    pub async fn until_stopped(&self) -> anyhow::Result<()> {
+        let deadline = async {
+            match self.duration {
+                Some(s) => tokio::time::sleep(Duration::from_secs_f64(s)).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = deadline => {}
+        }
+        Ok(())
+    }
+}
+
+/// The counters a server prints on exit.
+pub fn print_stats(stats: &EndpointStats) {
+    let a = stats.admission;
+    println!(
+        "connections: accepted {} refused {} retried {} forwarded datagrams {}",
+        a.accepted, a.refused, a.retried, a.forwarded
+    );
+    for (kind, counters) in &stats.queues {
+        println!("  {kind:?}: {counters}");
+    }
+    if let Some(steering) = stats.steering {
+        println!("  steering: {steering}");
+    }
+}
+
+/// Accepts connections and hands each to `handle` on its own task until
+/// the server is stopped; then shuts down gracefully and prints the
+/// counters.
+pub async fn serve<F, Fut>(args: &ServerArgs, endpoint: Endpoint, handle: F) -> anyhow::Result<()>
+where
+    F: Fn(quic_xdp::Connection) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let handle = std::sync::Arc::new(handle);
+    let server = endpoint.clone();
+    let accept_loop = tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                match incoming.accept().await {
+                    Ok(conn) => {
+                        tracing::debug!(remote = %conn.remote_address(), "connection established");
+                        handle(conn).await
+                    }
+                    Err(e) => tracing::info!(error = %e, "handshake failed"),
+                }
+            });
+        }
+    });
+    args.until_stopped().await?;
+    let stats = endpoint.stats();
+    endpoint.shutdown().await;
+    accept_loop.abort();
+    print_stats(&stats);
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! The h3-server example over XDP in a server namespace, fetched from a
+//! client namespace by independent HTTP/3 clients: ngtcp2's gtlsclient
+//! (Debian ngtcp2-client; it always exits 0, so the downloaded files are
+//! compared byte for byte) and aioquic (PyPI). Namespaces are created and
+//! removed by each test.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+};
+
+use datapath::testbed::{TestNet, TestNetConfig, privileged};
+
+struct Server {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_be_bytes()[0] ^ seed)
+        .collect()
+}
+
+/// The h3-server over XDP on the server side, serving a directory with a
+/// small and a 3 MB file.
+fn start_server(net: &TestNet, name: &str) -> Server {
+    let dir = std::env::temp_dir().join(format!("qx-interop-{name}-{}", std::process::id()));
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("small.txt"), b"hello over HTTP/3\n").unwrap();
+    std::fs::write(root.join("big.bin"), pattern(3_000_000, 7)).unwrap();
+    let mut child = net
+        .server
+        .command(env!("CARGO_BIN_EXE_h3-server"))
+        .args([
+            "--interface",
+            TestNet::SERVER_IF,
+            "--mode",
+            "xdp",
+            "--port",
+            "4433",
+        ])
+        .arg("--root")
+        .arg(&root)
+        .arg("--ca-out")
+        .arg(dir.join("ca.pem"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let server = Server { child, dir };
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .take_while(|l| !l.starts_with("listening"))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("mode: xdp")),
+        "{lines:?}"
+    );
+    server
+}
+
+fn expected(path: &str, root: &Path) -> Vec<u8> {
+    match path.strip_prefix("/bytes/") {
+        Some(n) => {
+            let n: usize = n.parse().unwrap();
+            (0..n).map(|i| ((i % (64 * 1024)) % 251) as u8).collect()
+        }
+        None => std::fs::read(root.join(path.trim_start_matches('/'))).unwrap(),
+    }
+}
+
+fn gtlsclient(net: &TestNet, out: &Path, extra: &[&str], paths: &[&str]) -> String {
+    std::fs::create_dir_all(out).unwrap();
+    let urls: Vec<String> = paths
+        .iter()
+        .map(|p| format!("https://localhost:4433{p}"))
+        .collect();
+    let output = net
+        .client
+        .command("timeout")
+        .args(["30", "gtlsclient", "--exit-on-all-streams-close"])
+        .arg(format!("--download={}", out.display()))
+        .args(extra)
+        .args(["10.77.0.2", "4433"])
+        .args(&urls)
+        .output()
+        .expect("gtlsclient (Debian package ngtcp2-client) must be installed");
+    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
+}
+
+#[test]
+fn ngtcp2_client_downloads_are_byte_identical() {
+    if !privileged() {
+        return;
+    }
+    let net = TestNet::create(&TestNetConfig::default()).unwrap();
+    let server = start_server(&net, "ngtcp2");
+    let root = server.dir.join("root");
+    let mut paths = vec!["/small.txt", "/big.bin", "/bytes/1000000"];
+    // Many requests on one connection.
+    let many: Vec<String> = (1..=30)
+        .map(|i| format!("/bytes/{}", i * 1000 + i))
+        .collect();
+    paths.extend(many.iter().map(String::as_str));
+    let out = server.dir.join("ngtcp2");
+    gtlsclient(&net, &out, &["-q"], &paths);
+    for path in &paths {
+        let name = path.rsplit('/').next().unwrap();
+        let got =
+            std::fs::read(out.join(name)).unwrap_or_else(|_| panic!("{path} was not downloaded"));
+        assert!(
+            got == expected(path, &root),
+            "{path}: {} bytes differ from the original",
+            got.len()
+        );
+    }
+
+    // Resumption: the second run resumes the first's session and sends its
+    // request as 0-RTT data, which must not be rejected.
+    let session = server.dir.join("session");
+    let tp = server.dir.join("tp");
+    let resume = [
+        format!("--session-file={}", session.display()),
+        format!("--tp-file={}", tp.display()),
+    ];
+    let resume: Vec<&str> = resume.iter().map(String::as_str).collect();
+    gtlsclient(&net, &out.join("first"), &resume, &["/small.txt"]);
+    let log = gtlsclient(&net, &out.join("second"), &resume, &["/small.txt"]);
+    assert!(
+        log.contains("type=0RTT"),
+        "no 0-RTT packet sent on resumption"
+    );
+    assert!(
+        !log.contains("Early data was rejected"),
+        "the server rejected early data"
+    );
+    assert_eq!(
+        std::fs::read(out.join("second/small.txt")).unwrap(),
+        expected("/small.txt", &root)
+    );
+}
+
+#[test]
+fn aioquic_client_downloads_are_byte_identical() {
+    if !privileged() {
+        return;
+    }
+    let net = TestNet::create(&TestNetConfig::default()).unwrap();
+    let server = start_server(&net, "aioquic");
+    let root = server.dir.join("root");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/aioquic_get.py");
+    let mut paths = vec![
+        "/small.txt".to_string(),
+        "/big.bin".into(),
+        "/bytes/2000000".into(),
+    ];
+    paths.extend((1..=40).map(|i| format!("/bytes/{}", i * 777)));
+    let out = server.dir.join("aioquic");
+    let output = net
+        .client
+        .command("timeout")
+        .arg("60")
+        .arg(std::env::var_os("QUIC_XDP_PYTHON").unwrap_or("python3".into()))
+        .arg(&script)
+        .args(["10.77.0.2", "4433"])
+        .arg(server.dir.join("ca.pem"))
+        .arg(&out)
+        .args(&paths)
+        .output()
+        .expect("python3 with aioquic (pip install aioquic) must be installed");
+    assert!(
+        output.status.success(),
+        "aioquic client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = String::from_utf8_lossy(&output.stdout);
+    for (i, path) in paths.iter().enumerate() {
+        let got = std::fs::read(out.join(i.to_string())).unwrap();
+        assert!(
+            got == expected(path, &root),
+            "{path}: {} bytes differ from the original ({report})",
+            got.len()
+        );
+    }
+    assert_eq!(
+        report.matches("\"status\": 200").count(),
+        paths.len(),
+        "{report}"
+    );
+}
