@@ -1,0 +1,89 @@
+//! The h3-server's site (files, /bytes/N) served by quinn + h3-quinn on
+//! kernel UDP: the reference the HTTP/3 benchmark compares quic-xdp with.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::Parser;
+use quinn::crypto::rustls::QuicServerConfig;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+mod common;
+mod site;
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    #[arg(short, long, default_value = "::")]
+    address: std::net::IpAddr,
+    #[arg(short, long, default_value_t = 4433)]
+    port: u16,
+    /// Certificate chain (PEM, leaf first).
+    #[arg(long)]
+    cert: PathBuf,
+    /// Private key (PEM).
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+    #[arg(long, default_value_t = 1 << 30)]
+    max_generated: u64,
+    /// Exit after this many seconds.
+    #[arg(long)]
+    duration: Option<f64>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    common::init_logging();
+    common::exit_code(run(Args::parse()).await)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let certs = CertificateDer::pem_file_iter(&args.cert)
+        .with_context(|| format!("reading {}", args.cert.display()))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(&args.key)
+        .with_context(|| format!("reading {}", args.key.display()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    tls.max_early_data_size = u32::MAX;
+    let config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    let endpoint = quinn::Endpoint::server(config, SocketAddr::new(args.address, args.port))?;
+    let site = site::Site {
+        root: args.root.canonicalize()?,
+        max_generated: args.max_generated,
+    };
+    println!("listening on {}", endpoint.local_addr()?);
+    let server = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            let site = site.clone();
+            tokio::spawn(async move {
+                if let Ok(conn) = incoming.await {
+                    site::serve(h3_quinn::Connection::new(conn), site).await;
+                }
+            });
+        }
+    });
+    let deadline = async {
+        match args.duration {
+            Some(s) => tokio::time::sleep(Duration::from_secs_f64(s)).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = deadline => {}
+    }
+    endpoint.close(0u32.into(), b"");
+    endpoint.wait_idle().await;
+    Ok(())
+}

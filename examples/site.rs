@@ -1,0 +1,152 @@
+//! What the HTTP/3 example servers serve: files under a root directory
+//! and generated bodies at /bytes/N, over any QUIC implementation that
+//! speaks h3's traits (quic-xdp here, quinn in the benchmark's peer).
+
+use std::path::{Component, Path, PathBuf};
+
+use bytes::Bytes;
+use h3::{
+    quic::{RecvStream, SendStream},
+    server::RequestStream,
+};
+use tokio::io::AsyncReadExt;
+
+const CHUNK: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct Site {
+    /// Canonical directory to serve files from.
+    pub root: PathBuf,
+    /// Largest /bytes/N body served.
+    pub max_generated: u64,
+}
+
+/// Serves every request of one HTTP/3 connection.
+pub async fn serve<C>(quic: C, site: Site)
+where
+    C: h3::quic::Connection<Bytes> + Send + 'static,
+    C::BidiStream: Send + 'static,
+{
+    let mut h3 = match h3::server::Connection::<C, Bytes>::new(quic).await {
+        Ok(h3) => h3,
+        Err(e) => return tracing::info!(error = %e, "HTTP/3 setup failed"),
+    };
+    tracing::debug!("HTTP/3 ready");
+    loop {
+        match h3.accept().await {
+            Ok(Some(resolver)) => {
+                tracing::debug!("request stream accepted");
+                let site = site.clone();
+                tokio::spawn(async move {
+                    match resolver.resolve_request().await {
+                        Ok((request, stream)) => {
+                            if let Err(e) = respond(request, stream, &site).await {
+                                tracing::debug!(error = %e, "request failed");
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "bad request"),
+                    }
+                });
+            }
+            Ok(None) => return,
+            Err(e) => return tracing::debug!(error = %e, "connection ended"),
+        }
+    }
+}
+
+async fn respond<S>(
+    request: http::Request<()>,
+    mut stream: RequestStream<S, Bytes>,
+    site: &Site,
+) -> anyhow::Result<()>
+where
+    S: SendStream<Bytes> + RecvStream,
+{
+    tracing::debug!(method = %request.method(), uri = %request.uri(), "request");
+    if request.method() != http::Method::GET {
+        return status(&mut stream, http::StatusCode::METHOD_NOT_ALLOWED).await;
+    }
+    let path = request.uri().path();
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        return match n.parse::<u64>() {
+            Ok(n) if n <= site.max_generated => generated(&mut stream, n).await,
+            _ => status(&mut stream, http::StatusCode::BAD_REQUEST).await,
+        };
+    }
+    match resolve(&site.root, path) {
+        Some(file) => match tokio::fs::File::open(&file).await {
+            Ok(f) if f.metadata().await.is_ok_and(|m| m.is_file()) => {
+                send_file(&mut stream, f).await
+            }
+            _ => status(&mut stream, http::StatusCode::NOT_FOUND).await,
+        },
+        None => status(&mut stream, http::StatusCode::NOT_FOUND).await,
+    }
+}
+
+/// `path` under `root`, refusing anything that could leave it.
+fn resolve(root: &Path, path: &str) -> Option<PathBuf> {
+    let relative = Path::new(path.trim_start_matches('/'));
+    if relative
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return None;
+    }
+    let full = root.join(relative).canonicalize().ok()?;
+    full.starts_with(root).then_some(full)
+}
+
+async fn status<S: SendStream<Bytes> + RecvStream>(
+    stream: &mut RequestStream<S, Bytes>,
+    code: http::StatusCode,
+) -> anyhow::Result<()> {
+    stream
+        .send_response(http::Response::builder().status(code).body(())?)
+        .await?;
+    stream.finish().await?;
+    Ok(())
+}
+
+/// N bytes of a repeating pattern (byte i of each 64 KiB chunk is i % 251).
+async fn generated<S: SendStream<Bytes> + RecvStream>(
+    stream: &mut RequestStream<S, Bytes>,
+    n: u64,
+) -> anyhow::Result<()> {
+    let response = http::Response::builder()
+        .status(200)
+        .header("content-length", n)
+        .body(())?;
+    stream.send_response(response).await?;
+    let chunk = Bytes::from((0..CHUNK).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let mut left = n;
+    while left > 0 {
+        let len = left.min(CHUNK as u64) as usize;
+        stream.send_data(chunk.slice(..len)).await?;
+        left -= len as u64;
+    }
+    stream.finish().await?;
+    Ok(())
+}
+
+async fn send_file<S: SendStream<Bytes> + RecvStream>(
+    stream: &mut RequestStream<S, Bytes>,
+    mut file: tokio::fs::File,
+) -> anyhow::Result<()> {
+    let len = file.metadata().await?.len();
+    let response = http::Response::builder()
+        .status(200)
+        .header("content-length", len)
+        .body(())?;
+    stream.send_response(response).await?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        stream.send_data(Bytes::copy_from_slice(&buf[..n])).await?;
+    }
+    stream.finish().await?;
+    Ok(())
+}
