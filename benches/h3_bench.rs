@@ -6,6 +6,8 @@
 //!     cargo build --release -p quic-xdp-examples
 //!     sudo cargo bench -p quic-xdp-benches --bench h3_bench -- --secs 5 --rounds 5
 
+mod common;
+
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -132,16 +134,9 @@ fn load(net: &TestNet, args: &Args, dir: &Path) -> anyhow::Result<(f64, f64, u64
     ))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if !nix::unistd::geteuid().is_root() {
-        bail!("this benchmark needs root: it creates network namespaces and attaches XDP");
-    }
+    common::require_root()?;
     let net = TestNet::create(&TestNetConfig::default())?;
     let dir = std::env::temp_dir().join(format!("qx-h3bench-{}", std::process::id()));
     certs::DevCerts::localhost()?.write_pem(&dir)?;
@@ -160,8 +155,8 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let rps: Vec<f64> = rps.into_iter().map(median).collect();
-    let p99: Vec<f64> = p99.into_iter().map(median).collect();
+    let rps: Vec<f64> = rps.into_iter().map(common::median).collect();
+    let p99: Vec<f64> = p99.into_iter().map(common::median).collect();
     let reference = SERVERS.len() - 1;
     println!(
         "| server | req/s (median of {}) | p99 ms | errors | req/s vs quinn | p99 vs quinn |",

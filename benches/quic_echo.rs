@@ -8,6 +8,8 @@
 //!
 //!     sudo cargo bench -p quic-xdp-benches --bench quic_echo -- --secs 3 --rounds 5
 
+mod common;
+
 use std::{
     net::{SocketAddr, UdpSocket},
     sync::Arc,
@@ -264,16 +266,9 @@ async fn request_response(conn: &quinn::Connection, args: &Args) -> anyhow::Resu
     Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if !nix::unistd::geteuid().is_root() {
-        bail!("this benchmark needs root: it creates network namespaces and attaches XDP");
-    }
+    common::require_root()?;
     let one_worker = || {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -315,8 +310,8 @@ fn main() -> anyhow::Result<()> {
     if bulk_results.iter().any(Vec::is_empty) {
         return Ok(()); // a subset was measured: no comparison table
     }
-    let bulk: Vec<f64> = bulk_results.into_iter().map(median).collect();
-    let rr: Vec<f64> = rr_results.into_iter().map(median).collect();
+    let bulk: Vec<f64> = bulk_results.into_iter().map(common::median).collect();
+    let rr: Vec<f64> = rr_results.into_iter().map(common::median).collect();
     println!(
         "| server | bulk echo, Mbit/s one way (median of {}) | 100 B request/response, req/s | bulk vs quinn | req/s vs quinn |",
         args.rounds

@@ -9,6 +9,8 @@
 //!
 //! Needs root (namespaces, XDP).
 
+mod common;
+
 use std::{
     net::SocketAddr,
     sync::{
@@ -107,16 +109,9 @@ fn round(
     Ok((report, active))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if !nix::unistd::geteuid().is_root() {
-        bail!("this benchmark needs root: it creates network namespaces and attaches XDP");
-    }
+    common::require_root()?;
     let net = TestNet::create(&TestNetConfig::default())?;
     println!(
         "| payload | datapath | echoes/s (median of {}) | min | max | lost |",
@@ -136,7 +131,7 @@ fn main() -> anyhow::Result<()> {
                 modes[i] = Some(active);
             }
         }
-        let medians: Vec<f64> = rates.iter().map(|r| median(r.clone())).collect();
+        let medians: Vec<f64> = rates.iter().map(|r| common::median(r.clone())).collect();
         for i in 0..2 {
             let min = rates[i].iter().copied().fold(f64::INFINITY, f64::min);
             let max = rates[i].iter().copied().fold(0.0, f64::max);

@@ -16,6 +16,7 @@ struct Args {
 
 mod common;
 mod server;
+mod stop;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

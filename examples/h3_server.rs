@@ -11,6 +11,7 @@ use quic_xdp::h3::H3Connection;
 mod common;
 mod server;
 mod site;
+mod stop;
 
 #[derive(Parser)]
 #[command(version, about)]

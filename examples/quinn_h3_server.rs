@@ -1,7 +1,7 @@
 //! The h3-server's site (files, /bytes/N) served by quinn + h3-quinn on
 //! kernel UDP: the reference the HTTP/3 benchmark compares quic-xdp with.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use clap::Parser;
@@ -10,6 +10,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 mod common;
 mod site;
+mod stop;
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -71,18 +72,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             });
         }
     });
-    let deadline = async {
-        match args.duration {
-            Some(s) => tokio::time::sleep(Duration::from_secs_f64(s)).await,
-            None => std::future::pending().await,
-        }
-    };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        _ = deadline => {}
-    }
+    stop::until_stopped(args.duration).await?;
     endpoint.close(0u32.into(), b"");
     endpoint.wait_idle().await;
     Ok(())

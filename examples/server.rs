@@ -1,6 +1,6 @@
 //! What the example servers share: flags, binding, stopping, reporting.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
 use quic_xdp::{Endpoint, EndpointStats, Mode};
@@ -65,23 +65,6 @@ impl ServerArgs {
         println!("mode: {}", endpoint.mode());
         Ok(endpoint)
     }
-
-    /// Waits for Ctrl-C, SIGTERM or the end of --duration.
-    pub async fn until_stopped(&self) -> anyhow::Result<()> {
-        let deadline = async {
-            match self.duration {
-                Some(s) => tokio::time::sleep(Duration::from_secs_f64(s)).await,
-                None => std::future::pending().await,
-            }
-        };
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-            _ = deadline => {}
-        }
-        Ok(())
-    }
 }
 
 /// The counters a server prints on exit.
@@ -123,7 +106,7 @@ where
             });
         }
     });
-    args.until_stopped().await?;
+    crate::stop::until_stopped(args.duration).await?;
     let stats = endpoint.stats();
     endpoint.shutdown().await;
     accept_loop.abort();
