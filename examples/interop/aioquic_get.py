@@ -64,8 +64,12 @@ async def fetch(host, port, ca, paths, ticket_store, early):
     async with connect(host, port, configuration=config, create_protocol=H3Client,
                        session_ticket_handler=lambda t: ticket_store.__setitem__("ticket", t),
                        wait_connected=not early) as client:
+        # aioquic records the handshake only for a waiter that is already
+        # there when it completes: wait before sending the early requests.
+        connected = asyncio.ensure_future(client.wait_connected()) if early else None
         results = await asyncio.gather(*(client.get(f"localhost:{port}", p) for p in paths))
-        await client.wait_connected()
+        if connected is not None:
+            await connected
         tls = client._quic.tls
         return results, tls.session_resumed, tls.early_data_accepted
 

@@ -102,7 +102,7 @@ fn gtlsclient(net: &TestNet, out: &Path, extra: &[&str], paths: &[&str]) -> Stri
 }
 
 #[test]
-fn ngtcp2_client_downloads_are_byte_identical() {
+fn ngtcp2_client_downloads_byte_identical_and_resumes_with_0rtt() {
     if !privileged() {
         return;
     }
@@ -154,14 +154,13 @@ fn ngtcp2_client_downloads_are_byte_identical() {
 }
 
 #[test]
-fn aioquic_client_downloads_are_byte_identical() {
+fn aioquic_client_downloads_byte_identical_and_resumes_with_0rtt() {
     if !privileged() {
         return;
     }
     let net = TestNet::create(&TestNetConfig::default()).unwrap();
     let server = start_server(&net, "aioquic");
     let root = server.dir.join("root");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/aioquic_get.py");
     let mut paths = vec![
         "/small.txt".to_string(),
         "/big.bin".into(),
@@ -169,24 +168,7 @@ fn aioquic_client_downloads_are_byte_identical() {
     ];
     paths.extend((1..=40).map(|i| format!("/bytes/{}", i * 777)));
     let out = server.dir.join("aioquic");
-    let output = net
-        .client
-        .command("timeout")
-        .arg("60")
-        .arg(std::env::var_os("QUIC_XDP_PYTHON").unwrap_or("python3".into()))
-        .arg(&script)
-        .args(["10.77.0.2", "4433"])
-        .arg(server.dir.join("ca.pem"))
-        .arg(&out)
-        .args(&paths)
-        .output()
-        .expect("python3 with aioquic (pip install aioquic) must be installed");
-    assert!(
-        output.status.success(),
-        "aioquic client failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report = String::from_utf8_lossy(&output.stdout);
+    let report = aioquic(&net, &server, &out, &paths, false);
     for (i, path) in paths.iter().enumerate() {
         let got = std::fs::read(out.join(i.to_string())).unwrap();
         assert!(
@@ -195,9 +177,58 @@ fn aioquic_client_downloads_are_byte_identical() {
             got.len()
         );
     }
-    assert_eq!(
-        report.matches("\"status\": 200").count(),
-        paths.len(),
+    assert_eq!(report["responses"].as_array().unwrap().len(), paths.len());
+    assert!(
+        report["responses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == 200),
         "{report}"
     );
+
+    // Resumption with 0-RTT: the second connection's requests go out as
+    // early data, which the server accepts.
+    let paths = ["/small.txt".to_string(), "/bytes/100000".into()];
+    let out = server.dir.join("aioquic-0rtt");
+    let report = aioquic(&net, &server, &out, &paths, true);
+    assert_eq!(report["session_resumed"], true, "{report}");
+    assert_eq!(report["early_data_accepted"], true, "{report}");
+    for (i, path) in paths.iter().enumerate() {
+        assert_eq!(
+            std::fs::read(out.join(i.to_string())).unwrap(),
+            expected(path, &root),
+            "{path}"
+        );
+    }
+}
+
+/// Runs the aioquic client script from the client namespace; its JSON report.
+fn aioquic(
+    net: &TestNet,
+    server: &Server,
+    out: &Path,
+    paths: &[String],
+    resume: bool,
+) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/aioquic_get.py");
+    let output = net
+        .client
+        .command("timeout")
+        .arg("60")
+        .arg(std::env::var_os("QUIC_XDP_PYTHON").unwrap_or("python3".into()))
+        .arg(&script)
+        .args(["10.77.0.2", "4433"])
+        .arg(server.dir.join("ca.pem"))
+        .arg(out)
+        .args(paths)
+        .args(resume.then_some("--resume"))
+        .output()
+        .expect("python3 with aioquic (pip install aioquic) must be installed");
+    assert!(
+        output.status.success(),
+        "aioquic client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("a JSON report")
 }
