@@ -290,6 +290,7 @@ impl Connection {
         Poll::Pending
     }
 
+    #[cfg(feature = "h3")]
     pub(crate) fn conn_ref(&self) -> &ConnRef {
         &self.0
     }

@@ -11,34 +11,9 @@ use datapath::{
     QueueKind,
     testbed::{TestNet, TestNetConfig},
 };
-use quic_xdp::{ActiveMode, Endpoint, EndpointBuilder, Mode, RetryPolicy};
+use quic_xdp::{Endpoint, Mode, RetryPolicy};
 use support::*;
 use tokio::time::timeout;
-
-const PORT: u16 = 4433;
-
-/// A namespace pair with quic-xdp bound on the server side over XDP, or
-/// None when privileged tests are skipped.
-fn xdp_endpoint(
-    edit: impl FnOnce(EndpointBuilder) -> EndpointBuilder + Send,
-) -> Option<(TestNet, Endpoint)> {
-    if !datapath::testbed::privileged() {
-        return None;
-    }
-    let net = TestNet::create(&TestNetConfig::default()).unwrap();
-    let builder = Endpoint::builder(SocketAddr::new("::".parse().unwrap(), PORT))
-        .interface(TestNet::SERVER_IF)
-        .mode(Mode::Xdp)
-        .alpn([ALPN]);
-    let ep = net.server.run(|| edit(builder).bind().unwrap());
-    assert!(matches!(ep.mode(), ActiveMode::Xdp { .. }), "{}", ep.mode());
-    Some((net, ep))
-}
-
-fn quinn_client(net: &TestNet, server: SocketAddr, ep: &Endpoint) -> quinn::Endpoint {
-    let socket = net.client.run(|| unspecified_socket(server));
-    client_on(socket, ep.dev_ca_certificate().unwrap())
-}
 
 /// Datagrams went through the AF_XDP sockets, and none escaped steering.
 fn assert_served_over_xdp(ep: &Endpoint) {
@@ -226,36 +201,6 @@ async fn one_engine_per_queue_with_cid_routing() {
     assert!(!net.server_xdp_attached());
 }
 
-/// Drops (or stops dropping) every datagram from the QUIC port arriving in
-/// the client namespace. Filtering on the client's input hook catches
-/// AF_XDP transmits too, which bypass netfilter on the sending side.
-fn block_server_to_client(net: &TestNet, block: bool) {
-    let nft = |args: &[&str]| {
-        let out = net.client.command("nft").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "nft {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    if block {
-        nft(&["add", "table", "inet", "qxtest"]);
-        nft(&[
-            "add",
-            "chain",
-            "inet",
-            "qxtest",
-            "in",
-            "{ type filter hook input priority 0 ; }",
-        ]);
-        nft(&[
-            "add", "rule", "inet", "qxtest", "in", "udp", "sport", "4433", "drop",
-        ]);
-    } else {
-        nft(&["delete", "table", "inet", "qxtest"]);
-    }
-}
-
 /// A server restarted with the same reset secret answers the previous
 /// run's connections with stateless resets: the client fails fast.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,7 +221,9 @@ async fn restarted_server_resets_old_connections() {
     assert_eq!(echo_stream(&conn, b"before").await, b"before");
 
     // The first server goes away without the client hearing its close...
-    block_server_to_client(&net, true);
+    // Datagrams from the QUIC port arriving at the client are dropped; the
+    // client's input hook sees AF_XDP transmits too.
+    nft_table(&net.client, "qxtest", &[("in", "udp sport 4433 drop")]);
     ep.shutdown().await;
     let (chain, key) = (certs.chain(), certs.key());
     let builder = Endpoint::builder(SocketAddr::new("::".parse().unwrap(), PORT))
@@ -286,7 +233,7 @@ async fn restarted_server_resets_old_connections() {
         .reset_secret(secret)
         .certificate(chain, key);
     let restarted = net.server.run(|| builder.bind().unwrap());
-    block_server_to_client(&net, false);
+    nft_table(&net.client, "qxtest", &[]);
 
     // ...so its next datagram meets a server that never heard of it.
     let result = timeout(Duration::from_secs(10), echo_stream_result(&conn, b"after"))

@@ -4,7 +4,8 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use quic_xdp::{Connection, Endpoint};
+use datapath::testbed::{TestNet, TestNetConfig};
+use quic_xdp::{ActiveMode, Connection, Endpoint, EndpointBuilder, Mode};
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls_pki_types::CertificateDer;
 
@@ -204,4 +205,89 @@ pub async fn resumption_and_zero_rtt(client: &quinn::Endpoint, server: SocketAdd
         .downcast::<quinn::crypto::rustls::HandshakeData>()
         .unwrap();
     assert_eq!(handshake.protocol.as_deref(), Some(ALPN));
+}
+
+pub const PORT: u16 = 4433;
+
+/// A namespace pair with quic-xdp bound on the server side over XDP, or
+/// None when privileged tests are skipped.
+pub fn xdp_endpoint(
+    edit: impl FnOnce(EndpointBuilder) -> EndpointBuilder + Send,
+) -> Option<(TestNet, Endpoint)> {
+    if !datapath::testbed::privileged() {
+        return None;
+    }
+    let net = TestNet::create(&TestNetConfig::default()).unwrap();
+    let builder = Endpoint::builder(SocketAddr::new("::".parse().unwrap(), PORT))
+        .interface(TestNet::SERVER_IF)
+        .mode(Mode::Xdp)
+        .alpn([ALPN]);
+    let ep = net.server.run(|| edit(builder).bind().unwrap());
+    assert!(matches!(ep.mode(), ActiveMode::Xdp { .. }), "{}", ep.mode());
+    Some((net, ep))
+}
+
+pub fn quinn_client(net: &TestNet, server: SocketAddr, ep: &Endpoint) -> quinn::Endpoint {
+    let socket = net.client.run(|| unspecified_socket(server));
+    client_on(socket, ep.dev_ca_certificate().unwrap())
+}
+
+/// Runs `nft` with `args` in `ns`; panics with its stderr on failure.
+pub fn nft(ns: &datapath::testbed::Netns, args: &[&str]) {
+    let out = ns.command("nft").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Installs `rules` in a fresh table `name` of `ns` (hooks: an input chain
+/// `in` and an output chain `out`), or removes the table with no rules.
+pub fn nft_table(ns: &datapath::testbed::Netns, name: &str, rules: &[(&str, &str)]) {
+    if rules.is_empty() {
+        return nft(ns, &["delete", "table", "inet", name]);
+    }
+    nft(ns, &["add", "table", "inet", name]);
+    nft(
+        ns,
+        &[
+            "add",
+            "chain",
+            "inet",
+            name,
+            "in",
+            "{ type filter hook input priority 0 ; }",
+        ],
+    );
+    nft(
+        ns,
+        &[
+            "add",
+            "chain",
+            "inet",
+            name,
+            "out",
+            "{ type filter hook output priority 0 ; }",
+        ],
+    );
+    for (chain, rule) in rules {
+        let mut args = vec!["add", "rule", "inet", name, chain];
+        args.extend(rule.split(' '));
+        nft(ns, &args);
+    }
+}
+
+/// The packet counts of the `counter` statements in table `name`, in order.
+pub fn nft_counters(ns: &datapath::testbed::Netns, name: &str) -> Vec<u64> {
+    let out = ns
+        .command("nft")
+        .args(["list", "table", "inet", name])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split("counter packets ")
+        .skip(1)
+        .map(|rest| rest.split(' ').next().unwrap().parse().unwrap())
+        .collect()
 }
