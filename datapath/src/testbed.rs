@@ -514,3 +514,96 @@ fn wait_for(socket: &UdpSocket, timeout: Duration) {
     // SAFETY: one valid pollfd.
     unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as i32) };
 }
+
+/// A raw AF_PACKET socket on one interface: sends hand-made Ethernet frames
+/// and captures what passes (both directions). Create it on a thread inside
+/// the interface's namespace (see [`Netns::run`]).
+#[derive(Debug)]
+pub struct RawLink {
+    fd: std::os::fd::OwnedFd,
+    ifindex: i32,
+}
+
+impl RawLink {
+    pub fn open(interface: &str) -> io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        let name = std::ffi::CString::new(interface)?;
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        if ifindex == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let all = (libc::ETH_P_ALL as u16).to_be() as i32;
+        // SAFETY: plain socket(2); the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, all) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fresh descriptor.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = all as u16;
+        addr.sll_ifindex = ifindex;
+        // SAFETY: addr is a valid sockaddr_ll.
+        let rc = unsafe {
+            libc::bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { fd, ifindex })
+    }
+
+    /// Sends one Ethernet frame as is.
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = self.ifindex;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: frame and addr are valid for the call.
+        let n = unsafe {
+            libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The next frame seen on the interface (either direction), waiting at
+    /// most `timeout`.
+    pub fn recv(&self, timeout: Duration) -> io::Result<Option<Vec<u8>>> {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) } <= 0 {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; 65536];
+        // SAFETY: buf is valid for its length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        buf.truncate(n as usize);
+        Ok(Some(buf))
+    }
+}

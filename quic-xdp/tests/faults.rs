@@ -14,13 +14,10 @@ use tokio::time::timeout;
 /// it stale) or by QUIC's AEAD, and repaired like a loss.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_megabytes_through_loss_and_corruption() {
-    let Some((net, ep)) = xdp_endpoint(|b| b) else {
+    let Some(setup) = echo_over_xdp().await else {
         return;
     };
-    spawn_echo(ep.clone());
-    let server = net.server_addr(false, PORT);
-    let client = quinn_client(&net, server, &ep);
-    let conn = connect(&client, server).await;
+    let EchoOverXdp { net, ep, conn, .. } = &setup;
 
     nft_table(
         &net.client,
@@ -42,7 +39,7 @@ async fn ten_megabytes_through_loss_and_corruption() {
         ],
     );
     let data = pattern(10 << 20, 42);
-    let back = timeout(Duration::from_secs(120), echo_stream(&conn, &data))
+    let back = timeout(Duration::from_secs(120), echo_stream(conn, &data))
         .await
         .unwrap();
     assert!(

@@ -291,3 +291,29 @@ pub fn nft_counters(ns: &datapath::testbed::Netns, name: &str) -> Vec<u64> {
         .map(|rest| rest.split(' ').next().unwrap().parse().unwrap())
         .collect()
 }
+
+/// An echo endpoint over XDP and one quinn connection to it (IPv4).
+pub struct EchoOverXdp {
+    pub net: TestNet,
+    pub ep: Endpoint,
+    pub server: SocketAddr,
+    /// Keeps the client endpoint (and its socket) alive.
+    pub client: quinn::Endpoint,
+    pub conn: quinn::Connection,
+}
+
+/// None when privileged tests are skipped.
+pub async fn echo_over_xdp() -> Option<EchoOverXdp> {
+    let (net, ep) = xdp_endpoint(|b| b)?;
+    spawn_echo(ep.clone());
+    let server = net.server_addr(false, PORT);
+    let client = quinn_client(&net, server, &ep);
+    let conn = connect(&client, server).await;
+    Some(EchoOverXdp {
+        net,
+        ep,
+        server,
+        client,
+        conn,
+    })
+}

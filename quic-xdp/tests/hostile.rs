@@ -1,0 +1,205 @@
+//! Hostile traffic from the client namespace at the XDP-backed endpoint:
+//! malformed frames, fragments, wrong checksums, bad lengths, garbage and
+//! replayed QUIC packets. Each kind must be refused where it belongs (the
+//! steering program, the datapath's decoder, or quinn-proto) and counted,
+//! while the existing connection and new ones keep working.
+
+mod support;
+
+use std::{net::SocketAddr, time::Duration};
+
+use datapath::{
+    program::{SteerReason, SteerStats},
+    testbed::{RawLink, TestNet},
+    wire::{FrameRoute, MAX_HEADER_LEN, emit_udp_headers},
+};
+use smoltcp::wire::{EthernetAddress, Ipv4Packet};
+use support::*;
+use tokio::time::timeout;
+
+fn route() -> FrameRoute {
+    FrameRoute {
+        src_mac: EthernetAddress([2, 0x77, 0, 0, 0, 1]),
+        dst_mac: EthernetAddress([2, 0x77, 0, 0, 0, 2]),
+        vlan: None,
+    }
+}
+
+/// A well-formed UDP frame from the client to the QUIC port.
+fn frame(src_port: u16, payload: &[u8]) -> Vec<u8> {
+    let src: SocketAddr = format!("10.77.0.1:{src_port}").parse().unwrap();
+    let dst: SocketAddr = format!("10.77.0.2:{PORT}").parse().unwrap();
+    let mut hdr = [0u8; MAX_HEADER_LEN];
+    let n = emit_udp_headers(&mut hdr, &route(), src, dst, None, payload);
+    let mut f = hdr[..n].to_vec();
+    f.extend_from_slice(payload);
+    f
+}
+
+fn edit_ip(mut f: Vec<u8>, edit: impl Fn(&mut Ipv4Packet<&mut [u8]>)) -> Vec<u8> {
+    let mut ip = Ipv4Packet::new_unchecked(&mut f[14..]);
+    edit(&mut ip);
+    ip.fill_checksum();
+    f
+}
+
+fn garbage(len: usize, seed: u8) -> Vec<u8> {
+    // Long-header bit clear and fixed bit set: a plausible short header.
+    let mut g = pattern(len, seed);
+    g[0] = 0x40 | (g[0] & 0x3f);
+    g
+}
+
+fn steering(ep: &quic_xdp::Endpoint) -> SteerStats {
+    ep.stats().steering.expect("XDP mode")
+}
+
+/// Captures one short-header datagram the client sends on `conn`.
+async fn capture_short_header(raw: std::sync::Arc<RawLink>, conn: &quinn::Connection) -> Vec<u8> {
+    let watcher = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Some(f) = raw.recv(Duration::from_millis(100)).unwrap()
+                && f.len() > 42
+                && f[12..14] == [0x08, 0x00]
+                && f[23] == 17
+                && f[36..38] == PORT.to_be_bytes()
+                && f[42] & 0x80 == 0
+            {
+                return Some(f);
+            }
+        }
+        None
+    });
+    // Traffic to capture, until the watcher has what it needs.
+    while !watcher.is_finished() {
+        assert_eq!(echo_stream(conn, b"capture me").await, b"capture me");
+    }
+    watcher
+        .join()
+        .unwrap()
+        .expect("no datagram of the connection was seen")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_are_refused_counted_and_harmless() {
+    let Some(setup) = echo_over_xdp().await else {
+        return;
+    };
+    let EchoOverXdp {
+        net,
+        ep,
+        conn,
+        server,
+        ..
+    } = &setup;
+    let server = *server;
+    assert_eq!(echo_stream(conn, b"before").await, b"before");
+
+    let raw = std::sync::Arc::new(
+        net.client
+            .run(|| RawLink::open(TestNet::CLIENT_IF).unwrap()),
+    );
+    let replay = capture_short_header(raw.clone(), conn).await;
+
+    let before = steering(ep);
+    let bad_checksum_before = ep.stats().datapath.rx_bad_checksum;
+    let good = frame(40000, &garbage(1200, 1));
+    let mut malformed = Vec::new();
+    for cut in [15, 20, 33, 41, 60, 500, good.len() - 1] {
+        malformed.push(good[..cut].to_vec()); // truncated: IP total length beyond the frame
+    }
+    malformed.push(edit_ip(good.clone(), |ip| ip.set_header_len(16))); // IHL 4
+    malformed.push(edit_ip(good.clone(), |ip| ip.set_total_len(30))); // total length below headers
+    for bad_udp_len in [0u16, 7, 5000] {
+        let mut f = good.clone();
+        f[38..40].copy_from_slice(&bad_udp_len.to_be_bytes());
+        malformed.push(f);
+    }
+    let fragments: Vec<Vec<u8>> = (0..10)
+        .map(|i| {
+            edit_ip(frame(40001 + i, &garbage(300, i as u8)), |ip| {
+                ip.set_more_frags(true)
+            })
+        })
+        .collect();
+    let bad_checksums: Vec<Vec<u8>> = (0..10)
+        .map(|i| {
+            let mut f = frame(40100 + i, &garbage(300, i as u8));
+            f[40] ^= 0xff; // UDP checksum
+            f
+        })
+        .collect();
+    let with_options = {
+        let f = frame(40200, &garbage(200, 9));
+        let mut g = f[..34].to_vec();
+        g.extend_from_slice(&[1, 1, 1, 0]);
+        g.extend_from_slice(&f[34..]);
+        edit_ip(g, |ip| {
+            ip.set_header_len(24);
+            ip.set_total_len(ip.total_len() + 4);
+        })
+    };
+    let garbage_quic: Vec<Vec<u8>> = (0..50)
+        .map(|i| frame(40300 + i, &garbage(1200, i as u8)))
+        .collect();
+
+    for f in malformed
+        .iter()
+        .chain(&fragments)
+        .chain(&bad_checksums)
+        .chain(&garbage_quic)
+    {
+        raw.send(f).unwrap();
+    }
+    raw.send(&with_options).unwrap();
+    for _ in 0..200 {
+        raw.send(&replay).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let d = steering(ep).since(&before);
+    assert!(
+        d.get(SteerReason::PassMalformed) >= malformed.len() as u64,
+        "{d}"
+    );
+    assert_eq!(
+        d.get(SteerReason::PassFragment),
+        fragments.len() as u64,
+        "{d}"
+    );
+    // Checksums are the datapath's to verify: steered, then dropped.
+    let dropped = ep.stats().datapath.rx_bad_checksum - bad_checksum_before;
+    assert_eq!(
+        dropped,
+        bad_checksums.len() as u64,
+        "{:?}",
+        ep.stats().datapath
+    );
+    // Garbage, the options frame and replays reach quinn-proto, which
+    // discards them: the connection is unharmed.
+    assert!(
+        d.get(SteerReason::Redirected)
+            >= (garbage_quic.len() + 1 + 200 + bad_checksums.len()) as u64,
+        "{d}"
+    );
+    assert_eq!(
+        timeout(Duration::from_secs(5), echo_stream(conn, b"still here"))
+            .await
+            .unwrap(),
+        b"still here"
+    );
+    assert!(conn.close_reason().is_none());
+    let fresh = quinn_client(net, server, ep);
+    let conn2 = connect(&fresh, server).await;
+    assert_eq!(
+        echo_stream(&conn2, b"new connection").await,
+        b"new connection"
+    );
+    assert_eq!(
+        ep.stats().admission.accepted,
+        2,
+        "garbage created no connection"
+    );
+    ep.shutdown().await;
+}
