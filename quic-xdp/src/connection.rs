@@ -45,13 +45,11 @@ impl Incoming {
         &self.engine
     }
 
-    /// Takes the attempt out to decide it.
+    /// Takes the attempt out to decide it. It stays counted as undecided
+    /// until the engine carries the decision out (`Engine::decided`), so
+    /// attempts on their way to the engine still count against Retry.
     pub(crate) fn take(&mut self) -> Option<(quinn_proto::Incoming, usize)> {
         let (incoming, queue) = self.inner.take()?;
-        self.engine
-            .endpoint
-            .undecided
-            .fetch_sub(1, Ordering::Relaxed);
         Some((*incoming, queue))
     }
 

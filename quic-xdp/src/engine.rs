@@ -219,6 +219,9 @@ impl Engine {
     fn run_commands(&mut self, now: Instant) {
         let commands = std::mem::take(&mut *self.shared.commands.lock().unwrap());
         for command in commands {
+            if !matches!(command, Command::Close { .. }) {
+                self.decided();
+            }
             match command {
                 Command::Accept {
                     incoming,
@@ -272,6 +275,15 @@ impl Engine {
         }
     }
 
+    /// An attempt handed to the application has been decided (accepted,
+    /// refused, retried or ignored) here.
+    fn decided(&self) {
+        self.shared
+            .endpoint
+            .undecided
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
     fn refuse(&mut self, incoming: quinn_proto::Incoming, queue: usize) {
         self.rx.tx_buf.clear();
         let t = self.endpoint.refuse(incoming, &mut self.rx.tx_buf);
@@ -307,6 +319,7 @@ impl Engine {
         };
         for mut incoming in mine {
             if let Some((inner, queue)) = incoming.take() {
+                self.decided();
                 self.refuse(inner, queue);
             }
         }

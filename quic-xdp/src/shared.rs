@@ -89,8 +89,8 @@ pub(crate) struct EndpointShared {
     /// Notified when the last connection is gone.
     pub idle: tokio::sync::Notify,
     pub open_connections: AtomicUsize,
-    /// Connection attempts handed to the application and not yet
-    /// accepted, refused, retried or dropped.
+    /// Connection attempts handed to the application whose decision the
+    /// engine has not carried out yet.
     pub undecided: AtomicUsize,
     pub stats: Mutex<crate::endpoint::EndpointCounters>,
 }

@@ -203,3 +203,81 @@ async fn hostile_frames_are_refused_counted_and_harmless() {
     );
     ep.shutdown().await;
 }
+
+/// A flood of connection attempts from clients that never answer: past
+/// the threshold the server answers with stateless Retries, keeps its
+/// half-open state bounded, never sends more than three times what it
+/// received, and a real client still connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_flood_is_retried_bounded_and_not_amplified() {
+    const THRESHOLD: usize = 32;
+    const ATTEMPTS: usize = 500;
+    let Some((net, ep)) = xdp_endpoint(|b| {
+        b.retry(quic_xdp::RetryPolicy::WhenBusy {
+            unvalidated: THRESHOLD,
+        })
+    }) else {
+        return;
+    };
+    spawn_echo(ep.clone());
+    let server = net.server_addr(false, PORT);
+    // The flood's clients never hear back: their handshakes stay half-open
+    // and Retries go unanswered. Counted, to check amplification.
+    nft_table(
+        &net.client,
+        "flood",
+        &[
+            ("in", "udp sport 4433 counter drop"),
+            ("out", "udp dport 4433 counter"),
+        ],
+    );
+
+    let mut peak_open = 0;
+    for batch in 0..ATTEMPTS / 50 {
+        let mut vanishing = Vec::new();
+        for _ in 0..50 {
+            let client = quinn_client(&net, server, &ep);
+            let connecting = client.connect(server, "localhost").unwrap();
+            vanishing.push((client, connecting));
+        }
+        // Let the Initials go out, then drop the clients and their sockets.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        drop(vanishing);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        peak_open = peak_open.max(ep.stats().open_connections);
+        assert!(
+            peak_open <= THRESHOLD + 50,
+            "batch {batch}: {peak_open} half-open connections, {:?}",
+            ep.stats().admission
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let counts = nft_counter_values(&net.client, "flood");
+    let (received_by_clients, sent_by_clients) = (counts[0].1, counts[1].1);
+    nft_table(&net.client, "flood", &[]);
+
+    let stats = ep.stats();
+    eprintln!(
+        "flood: {:?}, peak half-open {peak_open}, server sent {received_by_clients} B for {sent_by_clients} B",
+        stats.admission
+    );
+    assert!(
+        stats.admission.retried as usize >= ATTEMPTS - THRESHOLD - 50,
+        "Retry did not kick in: {:?}",
+        stats.admission
+    );
+    assert!(stats.open_connections <= THRESHOLD + 50, "{stats:?}");
+    assert!(
+        received_by_clients <= 3 * sent_by_clients,
+        "amplification: sent {received_by_clients} bytes for {sent_by_clients} received"
+    );
+
+    // A real client still gets through (via a Retry, as the server is busy).
+    let client = quinn_client(&net, server, &ep);
+    let conn = timeout(Duration::from_secs(10), connect(&client, server))
+        .await
+        .unwrap();
+    assert_eq!(echo_stream(&conn, b"legit").await, b"legit");
+    assert!(ep.stats().admission.retried as usize > stats.admission.retried as usize - 1);
+    ep.shutdown().await;
+}

@@ -280,6 +280,14 @@ pub fn nft_table(ns: &datapath::testbed::Netns, name: &str, rules: &[(&str, &str
 
 /// The packet counts of the `counter` statements in table `name`, in order.
 pub fn nft_counters(ns: &datapath::testbed::Netns, name: &str) -> Vec<u64> {
+    nft_counter_values(ns, name)
+        .into_iter()
+        .map(|(packets, _)| packets)
+        .collect()
+}
+
+/// (packets, bytes) of the `counter` statements in table `name`, in order.
+pub fn nft_counter_values(ns: &datapath::testbed::Netns, name: &str) -> Vec<(u64, u64)> {
     let out = ns
         .command("nft")
         .args(["list", "table", "inet", name])
@@ -288,7 +296,12 @@ pub fn nft_counters(ns: &datapath::testbed::Netns, name: &str) -> Vec<u64> {
     String::from_utf8_lossy(&out.stdout)
         .split("counter packets ")
         .skip(1)
-        .map(|rest| rest.split(' ').next().unwrap().parse().unwrap())
+        .map(|rest| {
+            let mut words = rest.split_whitespace();
+            let packets = words.next().unwrap().parse().unwrap();
+            let bytes = words.nth(1).unwrap().parse().unwrap();
+            (packets, bytes)
+        })
         .collect()
 }
 
