@@ -20,4 +20,11 @@ cargo build --workspace --all-targets --all-features
 if cargo clippy --version >/dev/null 2>&1; then
     cargo clippy --workspace --all-targets --all-features -- -D warnings
 fi
-cargo test --workspace --all-features
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --all-features 2>&1 | tee "$log"
+# A short fuzz run of the frame decoder (corpus in datapath/fuzz/corpus).
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+# One closing line for the whole run: every cargo test result, summed.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

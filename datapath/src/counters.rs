@@ -63,9 +63,9 @@ counters! {
     tx_too_big,
     /// Kernel: frames dropped because the rx ring was full.
     rx_ring_full,
-    /// Kernel: frames dropped because the fill ring was empty.
+    /// Kernel: frames that found the fill ring empty (also in rx_dropped).
     fill_ring_empty,
-    /// Kernel: frames dropped for other reasons (e.g. larger than a frame).
+    /// Kernel: frames dropped for want of a buffer, or too big for one.
     rx_dropped,
     /// Kernel: invalid descriptors on the rx / tx rings.
     rx_invalid_descs,
