@@ -67,6 +67,10 @@ counters! {
     fill_ring_empty,
     /// Kernel: frames dropped for want of a buffer, or too big for one.
     rx_dropped,
+    /// Gauge, not a counter: UMEM frames away from their pool at the last
+    /// flush (sent and not completed, received and not yet refilled). Flat
+    /// under steady load; 0 when idle.
+    frames_in_use,
     /// Kernel: invalid descriptors on the rx / tx rings.
     rx_invalid_descs,
     tx_invalid_descs,

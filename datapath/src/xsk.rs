@@ -459,6 +459,10 @@ impl PacketIo for XskQueue {
         self.kick_tx();
         self.reclaim_completions();
         self.refill();
+        let in_use = self.tx_in_flight + self.pending_fill.len();
+        self.counters
+            .frames_in_use
+            .store(in_use as u64, std::sync::atomic::Ordering::Relaxed);
         if self.stats_refreshed.elapsed() >= KERNEL_STATS_EVERY {
             self.refresh_kernel_stats();
         }

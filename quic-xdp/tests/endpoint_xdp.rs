@@ -15,32 +15,6 @@ use quic_xdp::{Endpoint, Mode, RetryPolicy};
 use support::*;
 use tokio::time::timeout;
 
-/// Datagrams went through the AF_XDP sockets, and none escaped steering.
-fn assert_served_over_xdp(ep: &Endpoint) {
-    let stats = ep.stats();
-    let (mut xsk, mut misses) = (0, 0);
-    for (kind, c) in &stats.queues {
-        match kind {
-            QueueKind::Xsk { .. } => xsk += c.rx_packets,
-            QueueKind::SteeringMiss { .. } => misses += c.rx_packets,
-            QueueKind::Udp { .. } => panic!("kernel UDP queue in XDP mode"),
-        }
-    }
-    assert!(xsk > 0, "{stats:?}");
-    assert_eq!(misses, 0, "{stats:?}");
-    let d = stats.datapath;
-    assert_eq!(
-        (
-            d.rx_malformed,
-            d.rx_bad_checksum,
-            d.tx_no_neighbor,
-            d.tx_too_big
-        ),
-        (0, 0, 0, 0),
-        "{d:?}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_ipv4_and_ipv6_up_to_fifty_megabytes() {
     let Some((net, ep)) = xdp_endpoint(|b| b) else {

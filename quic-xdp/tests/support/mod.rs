@@ -4,7 +4,10 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use datapath::testbed::{TestNet, TestNetConfig};
+use datapath::{
+    QueueKind,
+    testbed::{TestNet, TestNetConfig},
+};
 use quic_xdp::{ActiveMode, Connection, Endpoint, EndpointBuilder, Mode};
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls_pki_types::CertificateDer;
@@ -329,4 +332,30 @@ pub async fn echo_over_xdp() -> Option<EchoOverXdp> {
         client,
         conn,
     })
+}
+
+/// Datagrams went through the AF_XDP sockets, and none escaped steering.
+pub fn assert_served_over_xdp(ep: &Endpoint) {
+    let stats = ep.stats();
+    let (mut xsk, mut misses) = (0, 0);
+    for (kind, c) in &stats.queues {
+        match kind {
+            QueueKind::Xsk { .. } => xsk += c.rx_packets,
+            QueueKind::SteeringMiss { .. } => misses += c.rx_packets,
+            QueueKind::Udp { .. } => panic!("kernel UDP queue in XDP mode"),
+        }
+    }
+    assert!(xsk > 0, "{stats:?}");
+    assert_eq!(misses, 0, "{stats:?}");
+    let d = stats.datapath;
+    assert_eq!(
+        (
+            d.rx_malformed,
+            d.rx_bad_checksum,
+            d.tx_no_neighbor,
+            d.tx_too_big
+        ),
+        (0, 0, 0, 0),
+        "{d:?}"
+    );
 }
