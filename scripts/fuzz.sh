@@ -15,7 +15,7 @@ if cargo +nightly --version >/dev/null 2>&1; then
 else
     export RUSTC_BOOTSTRAP=1
 fi
-for crate in datapath; do
+for crate in datapath quic-xdp; do
     for target in $(cd "$crate" && cargo "${toolchain[@]}" fuzz list); do
         echo "== fuzzing $crate/$target for ${seconds}s"
         (cd "$crate" && cargo "${toolchain[@]}" fuzz run "$target" -- -max_total_time="$seconds")

@@ -143,11 +143,26 @@ impl EndpointBuilder {
     }
 
     /// Opens the datapath and starts the engine threads.
-    pub fn bind(self) -> Result<Endpoint, Error> {
-        let (server_config, dev_ca) = match self.server_config {
+    pub fn bind(mut self) -> Result<Endpoint, Error> {
+        // TLS and keys first: a bad certificate fails before XDP attaches.
+        let quic = self.quic_config()?;
+        let mut datapath = Datapath::open(&self.datapath)?;
+        let groups = datapath.take_queue_groups();
+        let (protos, cids) = quic.endpoints(groups.len());
+        let admission = Admission {
+            max_connections: self.max_connections,
+            retry: self.retry,
+        };
+        Endpoint::start(protos, datapath, groups, cids, admission, quic.dev_ca)
+    }
+
+    /// The QUIC configuration this builder describes, taken out of it.
+    pub(crate) fn quic_config(&mut self) -> Result<QuicConfig, Error> {
+        let (server_config, dev_ca) = match self.server_config.take() {
             Some(config) => (config, None),
             None => {
-                let (certs, key, dev_ca) = identity(self.identity, &self.datapath)?;
+                let identity = std::mem::replace(&mut self.identity, Identity::Dev);
+                let (certs, key, dev_ca) = identity_chain(identity, &self.datapath)?;
                 let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
                     rustls::crypto::ring::default_provider(),
                 ))
@@ -156,23 +171,18 @@ impl EndpointBuilder {
                 .with_no_client_auth()
                 .with_single_cert(certs, key)
                 .map_err(|e| Error::Tls(e.to_string()))?;
-                tls.alpn_protocols = self.alpn;
+                tls.alpn_protocols = std::mem::take(&mut self.alpn);
                 // 0-RTT: quinn-proto requires exactly this value to enable it.
                 tls.max_early_data_size = u32::MAX;
                 let crypto =
                     QuicServerConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
                 let mut config = ServerConfig::with_crypto(Arc::new(crypto));
-                if let Some(t) = self.transport {
+                if let Some(t) = self.transport.take() {
                     config.transport_config(t);
                 }
                 (config, dev_ca)
             }
         };
-        let mut datapath = Datapath::open(&self.datapath)?;
-        let groups = datapath.take_queue_groups();
-        // One quinn-proto endpoint per engine: its own CIDs, but one
-        // server configuration (Retry token and session ticket keys) and
-        // one stateless-reset key, so any engine can answer for any other.
         let secret = match self.reset_secret {
             Some(secret) => secret,
             None => {
@@ -183,33 +193,44 @@ impl EndpointBuilder {
                 secret
             }
         };
-        let derive = |label: &[u8]| hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &secret), label);
+        Ok(QuicConfig {
+            server: Arc::new(server_config),
+            dev_ca,
+            secret,
+        })
+    }
+}
+
+/// Server configuration, identity and keys, shared by every engine.
+pub(crate) struct QuicConfig {
+    server: Arc<ServerConfig>,
+    pub dev_ca: Option<CertificateDer<'static>>,
+    secret: [u8; 32],
+}
+
+impl QuicConfig {
+    /// One quinn-proto endpoint per engine: its own CIDs, but one server
+    /// configuration (Retry token and session ticket keys) and one
+    /// stateless-reset key, so any engine can answer for any other.
+    pub fn endpoints(&self, engines: usize) -> (Vec<quinn_proto::Endpoint>, CidScheme) {
+        let derive =
+            |label: &[u8]| hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &self.secret), label);
         let cid_key = derive(b"quic-xdp cid check").as_ref()[..8]
             .try_into()
             .expect("8 bytes");
-        let cids = CidScheme::new(groups.len(), cid_key);
+        let cids = CidScheme::new(engines, cid_key);
         let reset_key: Arc<dyn HmacKey> = Arc::new(hmac::Key::new(
             hmac::HMAC_SHA256,
             derive(b"quic-xdp stateless reset").as_ref(),
         ));
-        let server_config = Arc::new(server_config);
-        let protos = (0..groups.len())
+        let protos = (0..engines)
             .map(|engine| {
                 let mut config = EndpointConfig::new(reset_key.clone());
                 config.cid_generator(move || Box::new(cids.generator(engine)));
-                quinn_proto::Endpoint::new(
-                    Arc::new(config),
-                    Some(server_config.clone()),
-                    true,
-                    None,
-                )
+                quinn_proto::Endpoint::new(Arc::new(config), Some(self.server.clone()), true, None)
             })
             .collect();
-        let admission = Admission {
-            max_connections: self.max_connections,
-            retry: self.retry,
-        };
-        Endpoint::start(protos, datapath, groups, cids, admission, dev_ca)
+        (protos, cids)
     }
 }
 
@@ -219,7 +240,7 @@ type Chain = (
     Option<CertificateDer<'static>>,
 );
 
-fn identity(identity: Identity, datapath: &DatapathConfig) -> Result<Chain, Error> {
+fn identity_chain(identity: Identity, datapath: &DatapathConfig) -> Result<Chain, Error> {
     match identity {
         Identity::Chain { certs, key } => Ok((certs, key, None)),
         Identity::Files { cert, key } => {

@@ -30,6 +30,8 @@ mod connection;
 mod endpoint;
 mod engine;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 #[cfg(feature = "h3")]
 pub mod h3;
 mod shared;
