@@ -38,6 +38,9 @@ struct Args {
     /// Request/response: exchanges in flight.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// AF_XDP ring slots for quic-xdp over XDP.
+    #[arg(long, default_value_t = 2048)]
+    ring_size: u32,
     /// Servers to measure (default: all three).
     #[arg(long, value_delimiter = ',')]
     servers: Option<Vec<usize>>,
@@ -80,6 +83,7 @@ fn start(
     rt: &Runtime,
     server: Server,
     certs: &certs::DevCerts,
+    ring_size: u32,
 ) -> anyhow::Result<Running> {
     let listen = SocketAddr::new("::".parse()?, PORT);
     match server {
@@ -93,7 +97,8 @@ fn start(
                 .interface(TestNet::SERVER_IF)
                 .mode(mode)
                 .certificate(certs.chain(), certs.key())
-                .alpn([ALPN]);
+                .alpn([ALPN])
+                .datapath(|c| c.ring_size = ring_size);
             let ep = net.server.run(|| builder.bind())?;
             let accept = ep.clone();
             rt.spawn(async move {
@@ -287,7 +292,8 @@ fn main() -> anyhow::Result<()> {
             if args.servers.as_ref().is_some_and(|s| !s.contains(&i)) {
                 continue;
             }
-            let running = start(&net, &server_rt, server, &certs).with_context(|| server.name())?;
+            let running = start(&net, &server_rt, server, &certs, args.ring_size)
+                .with_context(|| server.name())?;
             let client = client(&net, &client_rt, &certs.ca_der())?;
             let (b, rr) = client_rt.block_on(async {
                 let conn = client.connect(target, "localhost")?.await?;
