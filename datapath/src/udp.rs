@@ -157,8 +157,10 @@ impl PacketIo for UdpQueue {
         if !self.receives {
             return Ok(0);
         }
-        let mut slices: Vec<IoSliceMut<'_>> =
-            self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        // On the stack: this runs for every receive batch.
+        let mut bufs = self.bufs.iter_mut();
+        let mut slices: [IoSliceMut<'_>; BATCH_SIZE] =
+            std::array::from_fn(|_| IoSliceMut::new(bufs.next().expect("BATCH_SIZE buffers")));
         let n = match self
             .state
             .recv((&self.socket).into(), &mut slices, &mut self.metas)

@@ -194,7 +194,10 @@ impl Engine {
             for h in touched.drain(..) {
                 blocked |= self.drive(h, now);
             }
-            self.rx.touched.append(&mut touched);
+            // Keep the allocation for the next pass, with the connections
+            // drive() queued for a retry meanwhile.
+            touched.append(&mut self.rx.touched);
+            self.rx.touched = touched;
             self.send_responses();
             for q in &mut self.queues {
                 if let Err(e) = q.flush() {
