@@ -2,7 +2,10 @@
 //! and generated bodies at /bytes/N, over any QUIC implementation that
 //! speaks h3's traits (quic-xdp here, quinn in the benchmark's peer).
 
-use std::path::{Component, Path, PathBuf};
+use std::{
+    path::{Component, Path, PathBuf},
+    task::{Context, Poll, Waker},
+};
 
 use bytes::Bytes;
 use h3::{
@@ -39,10 +42,11 @@ where
                 let site = site.clone();
                 tokio::spawn(async move {
                     match resolver.resolve_request().await {
-                        Ok((request, stream)) => {
-                            if let Err(e) = respond(request, stream, &site).await {
+                        Ok((request, mut stream)) => {
+                            if let Err(e) = respond(request, &mut stream, &site).await {
                                 tracing::debug!(error = %e, "request failed");
                             }
+                            end_request(&mut stream);
                         }
                         Err(e) => tracing::debug!(error = %e, "bad request"),
                     }
@@ -56,7 +60,7 @@ where
 
 async fn respond<S>(
     request: http::Request<()>,
-    mut stream: RequestStream<S, Bytes>,
+    stream: &mut RequestStream<S, Bytes>,
     site: &Site,
 ) -> anyhow::Result<()>
 where
@@ -64,23 +68,32 @@ where
 {
     tracing::debug!(method = %request.method(), uri = %request.uri(), "request");
     if request.method() != http::Method::GET {
-        return status(&mut stream, http::StatusCode::METHOD_NOT_ALLOWED).await;
+        return status(stream, http::StatusCode::METHOD_NOT_ALLOWED).await;
     }
     let path = request.uri().path();
     if let Some(n) = path.strip_prefix("/bytes/") {
         return match n.parse::<u64>() {
-            Ok(n) if n <= site.max_generated => generated(&mut stream, n).await,
-            _ => status(&mut stream, http::StatusCode::BAD_REQUEST).await,
+            Ok(n) if n <= site.max_generated => generated(stream, n).await,
+            _ => status(stream, http::StatusCode::BAD_REQUEST).await,
         };
     }
     match resolve(&site.root, path) {
         Some(file) => match tokio::fs::File::open(&file).await {
-            Ok(f) if f.metadata().await.is_ok_and(|m| m.is_file()) => {
-                send_file(&mut stream, f).await
-            }
-            _ => status(&mut stream, http::StatusCode::NOT_FOUND).await,
+            Ok(f) if f.metadata().await.is_ok_and(|m| m.is_file()) => send_file(stream, f).await,
+            _ => status(stream, http::StatusCode::NOT_FOUND).await,
         },
-        None => status(&mut stream, http::StatusCode::NOT_FOUND).await,
+        None => status(stream, http::StatusCode::NOT_FOUND).await,
+    }
+}
+
+/// Ends the request side once the response is out: reads the request's
+/// end when it is already here, else asks the client to stop sending
+/// with H3_NO_ERROR (RFC 9114 4.1.2). Dropping the stream unread would
+/// stop it with code 0, which clients such as curl report as a reset.
+fn end_request<S: SendStream<Bytes> + RecvStream>(stream: &mut RequestStream<S, Bytes>) {
+    let mut cx = Context::from_waker(Waker::noop());
+    if !matches!(stream.poll_recv_data(&mut cx), Poll::Ready(Ok(None))) {
+        stream.stop_sending(h3::error::Code::H3_NO_ERROR);
     }
 }
 

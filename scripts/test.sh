@@ -9,11 +9,12 @@ if [ "$(id -u)" != 0 ]; then
     echo "WARNING: not root - the XDP and network-namespace tests are skipped" >&2
     export QUIC_XDP_SKIP_PRIVILEGED=1
 fi
-# aioquic, the Python HTTP/3 client of the interop tests, in a venv.
+# The Python HTTP/3 clients of the interop tests, in a venv: aioquic, and
+# libcurl's HTTP/3 client through curl_cffi.
 venv=target/interop-venv
-if ! "$venv/bin/python" -c "import aioquic" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import aioquic, curl_cffi" 2>/dev/null; then
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q "aioquic==1.7.2"
+    "$venv/bin/pip" install -q "aioquic==1.7.2" "curl_cffi==0.17.0"
 fi
 export QUIC_XDP_PYTHON=$PWD/$venv/bin/python
 cargo build --workspace --all-targets --all-features

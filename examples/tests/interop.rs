@@ -232,3 +232,71 @@ fn aioquic(
     );
     serde_json::from_slice(&output.stdout).expect("a JSON report")
 }
+
+#[test]
+fn curl_client_gets_every_response_on_one_session() {
+    if !privileged() {
+        return;
+    }
+    let net = TestNet::create(&TestNetConfig::default()).unwrap();
+    let server = start_server(&net, "curl");
+    let root = server.dir.join("root");
+    let mut gets = vec![
+        "/small.txt".to_string(),
+        "/big.bin".into(),
+        "/bytes/0".into(),
+        "/bytes/1".into(),
+        "/bytes/5000000".into(),
+    ];
+    // Many requests on one connection (libcurl keeps it between requests).
+    gets.extend((1..=20).map(|i| format!("/bytes/{}", i * 1313)));
+    let mut specs: Vec<String> = gets.iter().map(|p| format!("GET:{p}")).collect();
+    specs.extend(["GET:/missing".into(), "HEAD:/small.txt".into()]);
+    let report = curl(&net, &server, &specs);
+    let responses = report["responses"].as_array().unwrap();
+    assert_eq!(responses.len(), specs.len(), "{report}");
+    for (path, r) in gets.iter().zip(responses) {
+        let want = expected(path, &root);
+        assert!(r["error"].is_null(), "{path}: {}", r["error"]);
+        assert_eq!(r["status"], 200, "{path}: {r}");
+        assert_eq!(r["http_version"], 30, "{path} not over HTTP/3: {r}");
+        assert_eq!(r["length"], want.len(), "{path}: {r}");
+        assert_eq!(r["sha256"], sha256_hex(&want), "{path}: body differs");
+    }
+    let missing = &responses[gets.len()];
+    assert_eq!(missing["status"], 404, "{missing}");
+    // h3-server answers GET only: HEAD gets a clean 405, not a reset.
+    let head = &responses[gets.len() + 1];
+    assert_eq!(head["status"], 405, "{head}");
+}
+
+/// Runs the libcurl (curl_cffi) client script from the client namespace;
+/// its JSON report.
+fn curl(net: &TestNet, server: &Server, specs: &[String]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/curl_get.py");
+    let output = net
+        .client
+        .command("timeout")
+        .arg("120")
+        .arg(std::env::var_os("QUIC_XDP_PYTHON").unwrap_or("python3".into()))
+        .arg(&script)
+        .args(["10.77.0.2", "4433"])
+        .arg(server.dir.join("ca.pem"))
+        .args(specs)
+        .output()
+        .expect("python3 with curl_cffi (pip install curl_cffi) must be installed");
+    assert!(
+        output.status.success(),
+        "curl client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("a JSON report")
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -191,10 +191,16 @@ pub struct H3RecvStream {
 }
 
 impl H3RecvStream {
-    fn new(stream: RecvStream) -> Self {
+    fn new(mut stream: RecvStream) -> Self {
+        // A request the server stops reading early is no error (RFC 9114
+        // 4.1.2); code 0 would be read as one.
+        stream.set_drop_code(H3_NO_ERROR);
         Self { stream }
     }
 }
+
+/// RFC 9114 8.1.
+const H3_NO_ERROR: VarInt = VarInt::from_u32(0x100);
 
 impl quic::RecvStream for H3RecvStream {
     type Buf = Bytes;

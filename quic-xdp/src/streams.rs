@@ -187,12 +187,16 @@ impl AsyncWrite for SendStream {
     }
 }
 
-/// The receiving half of a stream. Dropping it before the end stops the
-/// stream (code 0).
+/// The receiving half of a stream. Dropping it before the peer's end of
+/// the stream has arrived stops the stream (code 0, or the protocol's "no
+/// error" code: see [`RecvStream::set_drop_code`]); a stream whose end is
+/// already here is consumed quietly, since a STOP_SENDING for it would
+/// read as an error to peers such as curl.
 pub struct RecvStream {
     conn: ConnRef,
     id: StreamId,
     done: bool,
+    drop_code: VarInt,
 }
 
 impl RecvStream {
@@ -201,7 +205,14 @@ impl RecvStream {
             conn,
             id,
             done: false,
+            drop_code: VarInt::from_u32(0),
         }
+    }
+
+    /// The code that dropping the stream before its end stops it with
+    /// (HTTP/3 uses H3_NO_ERROR, RFC 9114 4.1.2).
+    pub fn set_drop_code(&mut self, code: VarInt) {
+        self.drop_code = code;
     }
 
     pub fn id(&self) -> StreamId {
@@ -287,12 +298,32 @@ impl RecvStream {
 impl Drop for RecvStream {
     fn drop(&mut self) {
         if !self.done {
-            let id = self.id;
+            let (id, code) = (self.id, self.drop_code);
             self.conn.edit_if_live(|c| {
-                let _ = c.recv_stream(id).stop(VarInt::from_u32(0));
+                if !read_to_end_if_here(c, id) {
+                    let _ = c.recv_stream(id).stop(code);
+                }
             });
         }
     }
+}
+
+/// Discards what is left of a stream whose end has already arrived;
+/// false if more is still to come (the peer must then be stopped).
+fn read_to_end_if_here(c: &mut quinn_proto::Connection, id: StreamId) -> bool {
+    let mut stream = c.recv_stream(id);
+    let Ok(mut chunks) = stream.read(true) else {
+        return false;
+    };
+    let ended = loop {
+        match chunks.next(usize::MAX) {
+            Ok(Some(_)) => {}
+            Ok(None) => break true,
+            Err(_) => break false,
+        }
+    };
+    let _ = chunks.finalize();
+    ended
 }
 
 impl AsyncRead for RecvStream {
