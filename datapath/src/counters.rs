@@ -57,6 +57,11 @@ counters! {
     steering_misses,
     /// Sends refused because no frame or ring slot was free (retried).
     tx_ring_full,
+    /// sendto(2) calls that told the kernel to transmit the AF_XDP tx ring.
+    tx_kicks,
+    /// Kicks that left frames on the tx ring because the kernel was busy
+    /// (EBUSY/ENOBUFS, or EAGAIN without progress): sent on a later kick.
+    tx_kick_busy,
     /// Sends dropped: the peer's MAC was never learned.
     tx_no_neighbor,
     /// Sends dropped: larger than the interface MTU allows.

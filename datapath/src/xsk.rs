@@ -295,24 +295,63 @@ impl XskQueue {
         }
     }
 
+    /// Tells the kernel to transmit the tx ring. In copy mode each
+    /// sendto(2) sends at most 32 descriptors and returns EAGAIN while
+    /// more remain, so this keeps kicking until the ring is empty, the
+    /// kernel reports itself busy, or a kick makes no progress. (xsk-rs's
+    /// `wakeup` hides EAGAIN, so the call is made here.)
     fn kick_tx(&mut self) {
         if !self.tx_unkicked {
             return;
         }
-        // Bound with XDP_USE_NEED_WAKEUP: kick only when the kernel asks.
-        if self.tx.needs_wakeup() {
-            match self.tx.wakeup() {
-                Ok(()) => {}
-                // Transient: the kernel is busy or the ring drains later.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::ENETDOWN)
-                    ) => {}
-                Err(e) => tracing::debug!(error = %e, "AF_XDP tx wakeup"),
+        self.tx_unkicked = false;
+        // Bound with XDP_USE_NEED_WAKEUP: a driver that drains the ring by
+        // itself (zero-copy, busy NAPI) does not ask.
+        if !self.tx.needs_wakeup() {
+            return;
+        }
+        let ring = self.settings.ring_size;
+        let mut queued = ring - self.tx.nb_free_exact();
+        // Each useful kick sends at least one frame: never more kicks than
+        // frames, plus one to see the ring empty.
+        let kicks = queued + 1;
+        for _ in 0..kicks {
+            // SAFETY: a zero-length sendto on our own AF_XDP socket.
+            let rc = unsafe {
+                libc::sendto(
+                    self.tx.fd().as_raw_fd(),
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            QueueCounters::add(&self.counters.tx_kicks, 1);
+            let errno = (rc < 0).then(io::Error::last_os_error);
+            let left = ring - self.tx.nb_free_exact();
+            match errno.as_ref().and_then(io::Error::raw_os_error) {
+                None if left == 0 => return,
+                // Copy mode stopped at its per-call budget: go on.
+                None | Some(libc::EAGAIN) if left < queued => queued = left,
+                Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS) | None => {
+                    QueueCounters::add(&self.counters.tx_kick_busy, 1);
+                    // Kick again at the next flush.
+                    self.tx_unkicked = true;
+                    return;
+                }
+                Some(libc::ENETDOWN) => return,
+                Some(_) => {
+                    tracing::debug!(error = %errno.expect("set"), "AF_XDP tx kick");
+                    return;
+                }
             }
         }
-        self.tx_unkicked = false;
+    }
+
+    /// Whether `count` frames and tx ring slots are free.
+    fn tx_room(&mut self, count: usize) -> bool {
+        self.tx_free.len() >= count && self.tx.nb_free(count as u32) as usize >= count
     }
 
     /// Copies the kernel's drop counters into ours.
@@ -423,10 +462,14 @@ impl PacketIo for XskQueue {
         };
         let count = segments(t).count();
         self.reclaim_completions();
-        if self.tx_free.len() < count || (self.tx.nb_free(count as u32) as usize) < count {
-            // Let the kernel drain the ring before the caller retries.
+        if !self.tx_room(count) {
+            // Let the kernel drain the ring (copy mode completes frames
+            // within the kick), then look again.
             self.tx_unkicked = true;
             self.kick_tx();
+            self.reclaim_completions();
+        }
+        if !self.tx_room(count) {
             return Err(Self::drop_with(
                 &self.counters.tx_ring_full,
                 io::ErrorKind::WouldBlock,

@@ -682,3 +682,70 @@ fn ring_exhaustion_drops_without_leaking_frames() {
     assert!(frames.is_balanced(), "{frames:?}");
     assert_eq!(frames.tx_in_flight, 0, "{frames:?}");
 }
+
+/// One flush hands the kernel a whole burst: in copy mode each sendto(2)
+/// transmits at most 32 descriptors, so the queue must keep kicking until
+/// the ring is empty rather than leave the rest for a later flush.
+#[test]
+fn one_flush_transmits_a_burst_larger_than_a_kick() {
+    const BURST: usize = 200;
+    let Some(net) = testnet(TestNetConfig::default()) else {
+        return;
+    };
+    let client = net.client.run(|| UdpSocket::bind("10.77.0.1:0")).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let client_addr = client.local_addr().unwrap();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let server = net.server.spawn(move || {
+        let mut dp = Datapath::open(&xdp_config("[::]:4433")).unwrap();
+        ready_tx.send(()).unwrap();
+        let q = dp
+            .queues_mut()
+            .iter_mut()
+            .find(|q| matches!(q.kind(), QueueKind::Xsk { .. }))
+            .unwrap();
+        // The client's hello teaches the queue where to send.
+        let mut local = None;
+        while local.is_none() {
+            datapath::io::wait_readable(std::slice::from_ref(q), Duration::from_millis(50))
+                .unwrap();
+            q.recv(&mut |meta, _| local = Some(meta.local.ip()))
+                .unwrap();
+        }
+        for i in 0..BURST {
+            let payload = (i as u32).to_be_bytes();
+            q.send(&datapath::Transmit {
+                destination: client_addr,
+                src_ip: local,
+                ecn: None,
+                contents: &payload,
+                segment_size: None,
+            })
+            .unwrap();
+        }
+        q.flush().unwrap();
+        // No further flush until the client has counted.
+        done_rx.recv().unwrap();
+        q.counters().snapshot()
+    });
+    ready_rx.recv().unwrap();
+    client.send_to(b"hello", "10.77.0.2:4433").unwrap();
+    let mut buf = [0u8; 16];
+    let mut received = 0;
+    while received < BURST && client.recv(&mut buf).is_ok() {
+        received += 1;
+    }
+    done_tx.send(()).unwrap();
+    let counters = server.join().unwrap();
+    assert_eq!(
+        received, BURST,
+        "one flush sent part of the burst: {counters}"
+    );
+    assert!(
+        counters.tx_kicks >= (BURST / 32) as u64,
+        "fewer kicks than copy mode needs: {counters}"
+    );
+}
