@@ -82,34 +82,21 @@ pub fn print_stats(stats: &EndpointStats) {
     }
 }
 
-/// Accepts connections and hands each to `handle` on its own task until
-/// the server is stopped; then shuts down gracefully and prints the
-/// counters.
+/// Runs `handle` for every connection on the engine thread that owns it
+/// (`Endpoint::serve`: run to completion, no thread hand-off) until the
+/// server is stopped; then shuts down gracefully and prints the counters.
 pub async fn serve<F, Fut>(args: &ServerArgs, endpoint: Endpoint, handle: F) -> anyhow::Result<()>
 where
     F: Fn(quic_xdp::Connection) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
 {
-    let handle = std::sync::Arc::new(handle);
-    let server = endpoint.clone();
-    let accept_loop = tokio::spawn(async move {
-        while let Some(incoming) = server.accept().await {
-            let handle = handle.clone();
-            tokio::spawn(async move {
-                match incoming.accept().await {
-                    Ok(conn) => {
-                        tracing::debug!(remote = %conn.remote_address(), "connection established");
-                        handle(conn).await
-                    }
-                    Err(e) => tracing::info!(error = %e, "handshake failed"),
-                }
-            });
-        }
-    });
+    endpoint.serve(move |conn| {
+        tracing::debug!(remote = %conn.remote_address(), "connection established");
+        handle(conn)
+    })?;
     crate::stop::until_stopped(args.duration).await?;
     let stats = endpoint.stats();
     endpoint.shutdown().await;
-    accept_loop.abort();
     print_stats(&stats);
     Ok(())
 }

@@ -14,7 +14,7 @@ use ring::{
     rand::{SecureRandom, SystemRandom},
 };
 
-use crate::{Endpoint, Error, cid::CidScheme, engine::Admission};
+use crate::{Endpoint, Error, cid::CidScheme, core::Admission};
 
 /// When new connections must first prove their address with a Retry
 /// round trip (costs the client one RTT, protects against spoofed floods).
@@ -149,11 +149,16 @@ impl EndpointBuilder {
         let mut datapath = Datapath::open(&self.datapath)?;
         let groups = datapath.take_queue_groups();
         let (protos, cids) = quic.endpoints(groups.len());
-        let admission = Admission {
+        let admission = self.admission();
+        Endpoint::start(protos, datapath, groups, cids, admission, quic.dev_ca)
+    }
+
+    /// The admission settings this builder describes.
+    pub(crate) fn admission(&self) -> Admission {
+        Admission {
             max_connections: self.max_connections,
             retry: self.retry,
-        };
-        Endpoint::start(protos, datapath, groups, cids, admission, quic.dev_ca)
+        }
     }
 
     /// The QUIC configuration this builder describes, taken out of it.

@@ -138,6 +138,15 @@ pub struct Connecting {
     state: ConnectingState,
 }
 
+impl Connecting {
+    /// A connection the engine accepted itself (`Endpoint::serve`).
+    pub(crate) fn handshaking(conn: ConnRef) -> Self {
+        Self {
+            state: ConnectingState::Handshaking(conn),
+        }
+    }
+}
+
 enum ConnectingState {
     Accepting(oneshot::Receiver<Result<Arc<ConnShared>, ConnectionError>>),
     Handshaking(ConnRef),

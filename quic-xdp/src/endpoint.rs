@@ -2,11 +2,10 @@
 //! down gracefully (draining connections, then detaching XDP).
 
 use std::{
-    collections::VecDeque,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     thread::JoinHandle,
 };
@@ -21,9 +20,10 @@ use quinn_proto::VarInt;
 use rustls_pki_types::CertificateDer;
 
 use crate::{
-    EndpointBuilder, Error, Incoming,
+    Connection, EndpointBuilder, Error, Incoming,
     cid::CidScheme,
-    engine::{Admission, Engine, Peers},
+    core::{Admission, EngineCore, Handler, ServeHandler},
+    engine::{Engine, Peers},
     shared::{Command, EndpointShared, EngineShared},
 };
 
@@ -63,6 +63,7 @@ struct EndpointInner {
     mode: ActiveMode,
     dev_ca: Option<CertificateDer<'static>>,
     queues: Vec<(QueueKind, Arc<QueueCounters>)>,
+    handler: ServeHandler,
     /// Taken and dropped by the engine thread when it stops: that closes
     /// the sockets and detaches the XDP program.
     datapath: Arc<Mutex<Option<Datapath>>>,
@@ -101,18 +102,10 @@ impl Endpoint {
         admission: Admission,
         dev_ca: Option<CertificateDer<'static>>,
     ) -> Result<Self, Error> {
-        let shared = Arc::new(EndpointShared {
-            incoming: Mutex::new(VecDeque::new()),
-            incoming_ready: tokio::sync::Notify::new(),
-            closed: AtomicBool::new(false),
-            idle: tokio::sync::Notify::new(),
-            open_connections: AtomicUsize::new(0),
-            undecided: AtomicUsize::new(0),
-            stats: Mutex::new(EndpointCounters::default()),
-        });
-        let engines = (0..groups.len())
-            .map(|_| EngineShared::new(shared.clone()).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
+        let shared = Arc::new(EndpointShared::default());
+        let engines: Vec<_> = (0..groups.len())
+            .map(|_| Arc::new(EngineShared::new(shared.clone())))
+            .collect();
         // Each queue once, even where several engines hold a handle on it.
         let mut counters: Vec<(QueueKind, Arc<QueueCounters>)> = Vec::new();
         for q in groups.iter().flatten() {
@@ -125,6 +118,7 @@ impl Endpoint {
         let datapath = Arc::new(Mutex::new(Some(datapath)));
         let running = Arc::new(AtomicUsize::new(groups.len()));
         let admission = Arc::new(admission);
+        let handler = ServeHandler::default();
         let mut threads = Vec::new();
         for (index, (proto, queues)) in protos.into_iter().zip(groups).enumerate() {
             let peers = Peers {
@@ -132,13 +126,21 @@ impl Endpoint {
                 engines: engines.clone(),
                 cids,
             };
-            let engine = Engine::new(proto, queues, peers, admission.clone());
+            let core = EngineCore::new(
+                proto,
+                engines[index].clone(),
+                admission.clone(),
+                handler.clone(),
+            );
+            let engine = Engine::new(core, queues, peers);
             let (datapath, running) = (datapath.clone(), running.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("quic-xdp-engine-{index}"))
                     .spawn(move || {
-                        engine.run();
+                        if let Err(e) = engine.run() {
+                            tracing::error!(error = %e, engine = index, "engine failed to start");
+                        }
                         // The last engine out closes the sockets and
                         // detaches the XDP program.
                         if running.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -156,6 +158,7 @@ impl Endpoint {
                 mode,
                 dev_ca,
                 queues: counters,
+                handler,
                 datapath,
                 threads: Mutex::new(threads),
             }),
@@ -177,6 +180,33 @@ impl Endpoint {
             }
             notified.await;
         }
+    }
+
+    /// Runs `handler` for every new connection, on the engine thread that
+    /// owns the connection, once its handshake completes: the fast way to
+    /// serve. A received batch, the handler's reaction and its transmit
+    /// then run on one thread, to completion, with no thread hand-off.
+    /// Tasks the handler spawns (`tokio::spawn`, `tokio::task::spawn_local`)
+    /// run on that thread too; the handler must not block it.
+    ///
+    /// The engines accept every attempt that admission lets through
+    /// (connection limit, Retry policy) from then on; attempts already
+    /// waiting for [`accept`](Self::accept) stay there. Fails if a handler
+    /// is already set.
+    pub fn serve<F, Fut>(&self, handler: F) -> Result<(), Error>
+    where
+        F: Fn(Connection) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        let handler: Handler = Arc::new(move |conn| Box::pin(handler(conn)));
+        self.inner
+            .handler
+            .set(handler)
+            .map_err(|_| Error::AlreadyServing)?;
+        for engine in &self.inner.engines {
+            engine.waker.wake();
+        }
+        Ok(())
     }
 
     pub fn local_addr(&self) -> SocketAddr {

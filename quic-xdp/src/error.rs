@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-/// Why an endpoint could not be built.
+/// Why an endpoint could not be built or configured.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -11,4 +11,6 @@ pub enum Error {
     Tls(String),
     #[error("cannot start the engine thread: {0}")]
     Engine(#[from] std::io::Error),
+    #[error("the endpoint already serves connections with a handler")]
+    AlreadyServing,
 }

@@ -1,32 +1,54 @@
 //! A single-threaded harness of the engines' receive path, for fuzzing
-//! (feature `fuzzing`): frame decode, CID routing between two engines, each
-//! engine's quinn-proto endpoint configured as `EndpointBuilder::bind`
-//! configures it, connection events, timers and transmits. No sockets.
+//! (feature `fuzzing`): frame decode, CID routing between two engines, and
+//! each engine's sans-IO core (`EngineCore`, the one the engine threads
+//! run) configured as `EndpointBuilder::bind` configures it: admission,
+//! connection events, timers, transmits into memory. No sockets.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use bytes::BytesMut;
-use datapath::wire::{ChecksumPolicy, parse_udp_frame};
-use quinn_proto::{ConnectionHandle, DatagramEvent, EcnCodepoint};
+use datapath::{
+    Transmit,
+    wire::{ChecksumPolicy, parse_udp_frame},
+};
+use quinn_proto::EcnCodepoint;
 
-use crate::{EndpointBuilder, cid::CidScheme};
+use crate::{
+    Connecting, EndpointBuilder,
+    cid::CidScheme,
+    core::{EngineCore, Handler, Outbox, ServeHandler},
+    shared::{EndpointShared, EngineShared},
+};
 
 const ENGINES: usize = 2;
 
-struct Engine {
-    endpoint: quinn_proto::Endpoint,
-    conns: HashMap<ConnectionHandle, quinn_proto::Connection>,
+/// Transmits go nowhere; counted.
+#[derive(Default)]
+struct Sink {
+    datagrams: usize,
+}
+
+impl Outbox for Sink {
+    fn send(&mut self, _queue: usize, _t: &Transmit<'_>) -> std::io::Result<()> {
+        self.datagrams += 1;
+        Ok(())
+    }
+
+    fn max_segments(&self, _queue: usize) -> usize {
+        10
+    }
 }
 
 pub struct RxHarness {
-    engines: Vec<Engine>,
+    engines: Vec<EngineCore>,
     cids: CidScheme,
     now: Instant,
-    buf: Vec<u8>,
+    sink: Sink,
+    /// Connections the cores accepted, kept alive as a handler would.
+    served: Vec<Connecting>,
 }
 
 impl RxHarness {
@@ -34,85 +56,56 @@ impl RxHarness {
         let mut builder =
             EndpointBuilder::new(SocketAddr::from(([10, 77, 0, 2], 4433))).alpn(["h3", "echo"]);
         let quic = builder.quic_config().expect("development identity");
+        let admission = Arc::new(builder.admission());
         let (protos, cids) = quic.endpoints(ENGINES);
+        // As with Endpoint::serve: the cores accept what admission allows.
+        let handler = ServeHandler::default();
+        let accept_all: Handler = Arc::new(|_| Box::pin(async {}));
+        let _ = handler.set(accept_all);
+        let endpoint = Arc::new(EndpointShared::default());
         Self {
             engines: protos
                 .into_iter()
-                .map(|endpoint| Engine {
-                    endpoint,
-                    conns: HashMap::new(),
+                .map(|proto| {
+                    let shared = Arc::new(EngineShared::new(endpoint.clone()));
+                    EngineCore::new(proto, shared, admission.clone(), handler.clone())
                 })
                 .collect(),
             cids,
             now: Instant::now(),
-            buf: Vec::new(),
+            sink: Sink::default(),
+            served: Vec::new(),
         }
     }
 
-    /// One received Ethernet frame, arriving at engine `arrival % 2`.
+    /// One received Ethernet frame, arriving at engine `arrival % 2`; then
+    /// one engine pass of the engine that owns it.
     pub fn feed(&mut self, frame: &[u8], arrival: usize) {
         self.now += Duration::from_millis(1);
         let Ok(d) = parse_udp_frame(frame, ChecksumPolicy::Trust) else {
             return;
         };
         let owner = self.cids.route(d.payload, arrival % ENGINES);
-        let engine = &mut self.engines[owner];
+        let core = &mut self.engines[owner];
         let ecn = d.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8));
-        self.buf.clear();
-        let event = engine.endpoint.handle(
-            self.now,
-            d.src,
-            Some(d.dst.ip()),
-            ecn,
-            BytesMut::from(d.payload),
-            &mut self.buf,
-        );
-        match event {
-            Some(DatagramEvent::NewConnection(incoming)) => {
-                self.buf.clear();
-                if let Ok((h, conn)) =
-                    engine
-                        .endpoint
-                        .accept(incoming, self.now, &mut self.buf, None)
-                {
-                    engine.conns.insert(h, conn);
-                }
-            }
-            Some(DatagramEvent::ConnectionEvent(h, event)) => {
-                if let Some(conn) = engine.conns.get_mut(&h) {
-                    conn.handle_event(event);
-                }
-            }
-            Some(DatagramEvent::Response(_)) | None => {}
-        }
-        self.drive(owner);
+        let now = self.now;
+        core.handle(now, 0, d.src, d.dst.ip(), ecn, d.payload);
+        core.admit_new(now);
+        self.served.extend(core.take_served());
+        core.collect_dirty_and_expired(now);
+        core.process_touched(now);
+        core.drive_touched(now, &mut self.sink);
+        core.send_responses(&mut self.sink);
     }
 
-    /// What `Engine::drive` does for every connection of engine `index`.
-    fn drive(&mut self, index: usize) {
-        let Engine { endpoint, conns } = &mut self.engines[index];
-        let mut drained = Vec::new();
-        for (&h, conn) in conns.iter_mut() {
-            if conn.poll_timeout().is_some_and(|t| t <= self.now) {
-                conn.handle_timeout(self.now);
-            }
-            while let Some(event) = conn.poll_endpoint_events() {
-                if event.is_drained() {
-                    drained.push(h);
-                }
-                if let Some(event) = endpoint.handle_event(h, event) {
-                    conn.handle_event(event);
-                }
-            }
-            while conn.poll().is_some() {}
-            self.buf.clear();
-            while conn.poll_transmit(self.now, 10, &mut self.buf).is_some() {
-                self.buf.clear();
-            }
-        }
-        for h in drained {
-            conns.remove(&h);
-        }
+    /// Open connections per engine.
+    pub fn connections(&self) -> Vec<usize> {
+        self.engines.iter().map(EngineCore::connections).collect()
+    }
+
+    /// Datagrams the engines transmitted so far.
+    pub fn transmitted(&self) -> usize {
+        self.sink.datagrams
     }
 }
 
@@ -182,19 +175,19 @@ mod tests {
         let frame = client_initial();
         let mut harness = RxHarness::new();
         harness.feed(&frame, 1);
-        let conns: Vec<usize> = harness.engines.iter().map(|e| e.conns.len()).collect();
         assert_eq!(
-            conns,
+            harness.connections(),
             [0, 1],
             "a client-chosen CID stays with the arrival engine"
+        );
+        assert!(
+            harness.transmitted() > 0,
+            "the core answered the Initial with the server's first flight"
         );
         // The same datagram again (a retransmission on the same flow) is
         // routed the same way: no second connection.
         harness.feed(&frame, 1);
-        assert_eq!(
-            harness.engines.iter().map(|e| e.conns.len()).sum::<usize>(),
-            1
-        );
+        assert_eq!(harness.connections().iter().sum::<usize>(), 1);
         if let Some(dir) = std::env::var_os("QUIC_XDP_WRITE_SEED") {
             // Fuzz input format: [arrival][u16 LE length][frame]...
             let mut seed = vec![1u8];

@@ -27,6 +27,7 @@
 mod builder;
 mod cid;
 mod connection;
+mod core;
 mod endpoint;
 mod engine;
 mod error;

@@ -1,22 +1,25 @@
-//! State shared between the engine thread and the tokio side.
+//! State shared between the engine and the tasks using its connections.
 //!
 //! Each connection's `quinn_proto::Connection` sits behind a mutex. API
 //! calls (stream reads and writes, opens, closes) act on it directly, then
 //! mark the connection dirty and wake the engine, which transmits what they
 //! queued. The engine, after feeding received datagrams and timers, turns
 //! the connection's events into task wake-ups. Wake-ups in both directions
-//! are coalesced: one per batch, not one per packet.
+//! are coalesced: one per batch, not one per packet. Handlers run by
+//! `Endpoint::serve` live on the engine's thread, so for them the mutex is
+//! never contended and every wake-up stays on that thread.
 
 use std::{
     collections::HashMap,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    task::Waker,
+    task::{Context, Poll, Waker},
     time::Instant,
 };
+
+use atomic_waker::AtomicWaker;
 
 use bytes::Bytes;
 use quinn_proto::{ConnectionError, ConnectionHandle, Dir, StreamEvent, StreamId, VarInt};
@@ -38,49 +41,46 @@ pub(crate) enum Command {
     },
 }
 
-/// Wakes the engine thread out of poll(2): an eventfd, written at most once
-/// between two engine passes.
+/// Wakes the engine task: from its own thread (a handler's write) that is
+/// a push onto the runtime's local queue; from another thread, tokio's own
+/// unpark. At most one wake-up between two engine passes.
 pub(crate) struct EngineWaker {
-    fd: OwnedFd,
     armed: AtomicBool,
+    task: AtomicWaker,
 }
 
 impl EngineWaker {
-    pub fn new() -> std::io::Result<Self> {
-        // SAFETY: plain eventfd(2); the fd is owned below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Self {
-            // SAFETY: a fresh descriptor we own.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+    pub fn new() -> Self {
+        Self {
             armed: AtomicBool::new(false),
-        })
+            task: AtomicWaker::new(),
+        }
     }
 
     pub fn wake(&self) {
         if !self.armed.swap(true, Ordering::AcqRel) {
-            let one: u64 = 1;
-            // SAFETY: 8 bytes to an eventfd.
-            unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            self.task.wake();
         }
     }
 
     /// Called by the engine before it looks for work.
     pub fn reset(&self) {
         self.armed.store(false, Ordering::Release);
-        let mut count: u64 = 0;
-        // SAFETY: reads the 8-byte counter; EAGAIN when already zero.
-        unsafe { libc::read(self.fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
     }
 
-    pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    /// Ready once woken since the last `reset`; else registers the task.
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.task.register(cx.waker());
+        if self.armed.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 
 /// What every engine and every handle of the endpoint share.
+#[derive(Default)]
 pub(crate) struct EndpointShared {
     pub incoming: Mutex<std::collections::VecDeque<crate::Incoming>>,
     pub incoming_ready: tokio::sync::Notify,
@@ -117,14 +117,14 @@ pub(crate) struct EngineShared {
 }
 
 impl EngineShared {
-    pub fn new(endpoint: Arc<EndpointShared>) -> std::io::Result<Self> {
-        Ok(Self {
-            waker: EngineWaker::new()?,
+    pub fn new(endpoint: Arc<EndpointShared>) -> Self {
+        Self {
+            waker: EngineWaker::new(),
             commands: Mutex::new(Vec::new()),
             dirty: Mutex::new(Vec::new()),
             inbox: Mutex::new(Vec::new()),
             endpoint,
-        })
+        }
     }
 
     pub fn command(&self, command: Command) {

@@ -346,3 +346,38 @@ async fn shutdown_closes_connections_and_stops_accepting() {
     // The port is free again.
     std::net::UdpSocket::bind(ep.local_addr()).unwrap();
 }
+
+/// `Endpoint::serve`: handlers run on the engine thread; echo of every
+/// size, datagrams, many connections; a second handler is refused.
+#[tokio::test]
+async fn serve_runs_handlers_on_the_engine_threads() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    let handled = serve_echo(&ep);
+    assert!(matches!(
+        ep.serve(|_| async {}),
+        Err(quic_xdp::Error::AlreadyServing)
+    ));
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    let conn = connect(&client, server).await;
+    echo_sizes(&conn).await;
+    conn.send_datagram(bytes::Bytes::from_static(b"ping"))
+        .unwrap();
+    let echoed = timeout(Duration::from_secs(5), conn.read_datagram())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed[..], b"ping");
+    hundred_connections(server, || {
+        support::client(server, ep.dev_ca_certificate().unwrap())
+    })
+    .await;
+    assert_eq!(
+        handled.load(std::sync::atomic::Ordering::Relaxed),
+        101,
+        "one handler per connection"
+    );
+    conn.close(0u32.into(), b"done");
+    timeout(Duration::from_secs(10), ep.shutdown())
+        .await
+        .unwrap();
+}

@@ -217,3 +217,26 @@ async fn restarted_server_resets_old_connections() {
     assert_eq!(conn.close_reason(), Some(quinn::ConnectionError::Reset));
     restarted.shutdown().await;
 }
+
+/// `Endpoint::serve` over XDP: handlers on the engine thread, IPv4 and
+/// IPv6, up to 20 MB each way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_over_xdp_runs_handlers_on_the_engine_threads() {
+    let Some((net, ep)) = xdp_endpoint(|b| b) else {
+        return;
+    };
+    let handled = serve_echo(&ep);
+    for v6 in [false, true] {
+        let server = net.server_addr(v6, PORT);
+        let client = quinn_client(&net, server, &ep);
+        let conn = connect(&client, server).await;
+        for size in [1, 100_000, 20_000_000] {
+            let data = pattern(size, size as u8);
+            assert!(echo_stream(&conn, &data).await == data, "{size} bytes");
+        }
+        conn.close(0u32.into(), b"done");
+    }
+    assert_eq!(handled.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_served_over_xdp(&ep);
+    ep.shutdown().await;
+}

@@ -88,6 +88,35 @@ pub fn spawn_echo(endpoint: Endpoint) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// Serves every connection with `Endpoint::serve`: the same echo, run on
+/// the engine threads. Each connection's handler checks that it runs on
+/// one (the run-to-completion promise) and counts itself in `handled`.
+pub fn serve_echo(endpoint: &Endpoint) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let handled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = handled.clone();
+    endpoint
+        .serve(move |conn: Connection| {
+            let thread = std::thread::current().name().unwrap_or("").to_string();
+            assert!(
+                thread.starts_with("quic-xdp-engine-"),
+                "handler ran on {thread:?}"
+            );
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move {
+                assert_eq!(conn.alpn_protocol().as_deref(), Some(ALPN));
+                tokio::task::spawn_local(echo_datagrams(conn.clone()));
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut recv, &mut send).await;
+                        let _ = send.finish();
+                    });
+                }
+            }
+        })
+        .unwrap();
+    handled
+}
+
 async fn echo_datagrams(conn: Connection) {
     while let Ok(d) = conn.read_datagram().await {
         let _ = conn.send_datagram(d);

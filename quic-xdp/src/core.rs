@@ -1,0 +1,580 @@
+//! The engine's protocol core, without I/O: one `quinn_proto::Endpoint`
+//! and its connections. It takes received datagrams and the time, and gives
+//! transmits (into an [`Outbox`]), its next deadline, task wake-ups and new
+//! connections. The engine thread (`engine`) drives it from the datapath's
+//! queues; the fuzz harness drives it from memory, through the same calls.
+//!
+//! One pass, in the order the engine makes the calls:
+//! 1. `run_commands`: decisions from the application (accept, refuse, close);
+//! 2. `handle` for each received datagram, then `admit_new` for the new
+//!    connection attempts (Retry, limits; `Endpoint::serve` accepts here);
+//! 3. `collect_dirty_and_expired`: connections the API touched or whose
+//!    timer fired;
+//! 4. `process_touched` (events become task wake-ups) and, once the woken
+//!    tasks have run, `drive_touched` (transmits) and `send_responses`.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    future::Future,
+    io,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::{Arc, OnceLock, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use bytes::BytesMut;
+use datapath::{PacketIo, Transmit, io::EcnCodepoint as WireEcn};
+use quinn_proto::{
+    ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint as ProtoEndpoint,
+};
+
+use crate::{
+    Connecting, Connection, Incoming,
+    builder::RetryPolicy,
+    shared::{Command, ConnRef, ConnShared, ConnState, EngineShared, PendingTransmit},
+};
+
+/// How long a closing endpoint waits for its connections to drain.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// Where the core's transmits go: the engine's datapath queues, or memory.
+pub(crate) trait Outbox {
+    /// Queues `t` on `queue`. `WouldBlock`: no room now, offer it again
+    /// later; any other error: dropped (QUIC recovers).
+    fn send(&mut self, queue: usize, t: &Transmit<'_>) -> io::Result<()>;
+
+    /// How many datagrams one `send` may carry as a GSO batch.
+    fn max_segments(&self, queue: usize) -> usize;
+}
+
+impl Outbox for Vec<Box<dyn PacketIo>> {
+    fn send(&mut self, queue: usize, t: &Transmit<'_>) -> io::Result<()> {
+        self[queue].send(t)
+    }
+
+    fn max_segments(&self, queue: usize) -> usize {
+        self[queue].max_segments()
+    }
+}
+
+/// Connection admission settings.
+pub(crate) struct Admission {
+    pub max_connections: usize,
+    pub retry: RetryPolicy,
+}
+
+/// What `Endpoint::serve` runs for each connection, on the engine thread
+/// that owns it.
+pub(crate) type Handler =
+    Arc<dyn Fn(Connection) -> Pin<Box<dyn Future<Output = ()>>> + Send + Sync>;
+
+/// Set once by `Endpoint::serve`; read by every engine.
+pub(crate) type ServeHandler = Arc<OnceLock<Handler>>;
+
+pub(crate) struct EngineCore {
+    endpoint: ProtoEndpoint,
+    conns: HashMap<ConnectionHandle, Arc<ConnShared>>,
+    timers: BTreeSet<(Instant, ConnectionHandle)>,
+    shared: Arc<EngineShared>,
+    admission: Arc<Admission>,
+    handler: ServeHandler,
+    /// Accepted connections whose handshake has not completed.
+    handshaking: usize,
+    tx_buf: Vec<u8>,
+    touched: Vec<ConnectionHandle>,
+    new_incoming: Vec<(quinn_proto::Incoming, usize)>,
+    responses: Vec<(usize, PendingTransmit)>,
+    /// Connections accepted here for the serve handler, to be run.
+    served: Vec<Connecting>,
+    closing_since: Option<Instant>,
+}
+
+impl EngineCore {
+    pub fn new(
+        endpoint: ProtoEndpoint,
+        shared: Arc<EngineShared>,
+        admission: Arc<Admission>,
+        handler: ServeHandler,
+    ) -> Self {
+        Self {
+            endpoint,
+            conns: HashMap::new(),
+            timers: BTreeSet::new(),
+            shared,
+            admission,
+            handler,
+            handshaking: 0,
+            tx_buf: Vec::with_capacity(64 * 1024),
+            touched: Vec::new(),
+            new_incoming: Vec::new(),
+            responses: Vec::new(),
+            served: Vec::new(),
+            closing_since: None,
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<EngineShared> {
+        &self.shared
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The handler set by `Endpoint::serve`, if any.
+    pub fn handler(&self) -> Option<&Handler> {
+        self.handler.get()
+    }
+
+    /// Connections accepted for the handler since the last call.
+    pub fn take_served(&mut self) -> std::vec::Drain<'_, Connecting> {
+        self.served.drain(..)
+    }
+
+    /// One datagram received on `queue`, copied into a buffer of its own:
+    /// what quinn-proto keeps of it (stream data waiting to be read) then
+    /// holds that datagram's memory and no more.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        queue: usize,
+        remote: SocketAddr,
+        local: IpAddr,
+        ecn: Option<EcnCodepoint>,
+        data: &[u8],
+    ) {
+        self.handle_owned(now, queue, remote, local, ecn, owned_datagram(data));
+    }
+
+    /// Like `handle`, for a datagram already in a buffer of its own.
+    pub fn handle_owned(
+        &mut self,
+        now: Instant,
+        queue: usize,
+        remote: SocketAddr,
+        local: IpAddr,
+        ecn: Option<EcnCodepoint>,
+        datagram: BytesMut,
+    ) {
+        self.tx_buf.clear();
+        let event = self
+            .endpoint
+            .handle(now, remote, Some(local), ecn, datagram, &mut self.tx_buf);
+        match event {
+            Some(DatagramEvent::ConnectionEvent(h, event)) => {
+                if let Some(conn) = self.conns.get(&h) {
+                    let mut st = conn.lock();
+                    st.queue = queue;
+                    st.inner.handle_event(event);
+                    self.touched.push(h);
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => {
+                self.new_incoming.push((incoming, queue))
+            }
+            Some(DatagramEvent::Response(t)) => self.queue_response(queue, &t),
+            None => {}
+        }
+    }
+
+    /// Carries out what the application decided since the last pass.
+    pub fn run_commands(&mut self, now: Instant) {
+        let commands = std::mem::take(&mut *self.shared.commands.lock().unwrap());
+        for command in commands {
+            if !matches!(command, Command::Close { .. }) {
+                self.decided();
+            }
+            match command {
+                Command::Accept {
+                    incoming,
+                    queue,
+                    reply,
+                } => {
+                    let result = self.accept(incoming, queue, now);
+                    // The caller may have given up waiting; the connection
+                    // then closes when its last reference goes.
+                    let _ = reply.send(result);
+                }
+                Command::Refuse(incoming, queue) => self.refuse(incoming, queue),
+                Command::Retry(incoming, queue) => self.retry(incoming, queue),
+                Command::Ignore(incoming) => self.endpoint.ignore(incoming),
+                Command::Close { code, reason } => self.close(code, reason, now),
+            }
+        }
+    }
+
+    fn accept(
+        &mut self,
+        incoming: quinn_proto::Incoming,
+        queue: usize,
+        now: Instant,
+    ) -> Result<Arc<ConnShared>, ConnectionError> {
+        if self.closing_since.is_some() {
+            self.refuse(incoming, queue);
+            return Err(ConnectionError::LocallyClosed);
+        }
+        self.tx_buf.clear();
+        match self.endpoint.accept(incoming, now, &mut self.tx_buf, None) {
+            Ok((handle, conn)) => {
+                let shared = ConnShared::new(handle, conn, queue, self.shared.clone());
+                self.conns.insert(handle, shared.clone());
+                self.handshaking += 1;
+                let endpoint = &self.shared.endpoint;
+                endpoint.open_connections.fetch_add(1, Ordering::Relaxed);
+                endpoint.stats.lock().unwrap().accepted += 1;
+                self.touched.push(handle);
+                Ok(shared)
+            }
+            Err(e) => {
+                if let Some(t) = e.response {
+                    self.queue_response(queue, &t);
+                }
+                Err(e.cause)
+            }
+        }
+    }
+
+    /// An attempt handed to the application has been decided (accepted,
+    /// refused, retried or ignored) here.
+    fn decided(&self) {
+        self.shared
+            .endpoint
+            .undecided
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn refuse(&mut self, incoming: quinn_proto::Incoming, queue: usize) {
+        self.tx_buf.clear();
+        let t = self.endpoint.refuse(incoming, &mut self.tx_buf);
+        self.queue_response(queue, &t);
+        self.shared.endpoint.stats.lock().unwrap().refused += 1;
+    }
+
+    fn retry(&mut self, incoming: quinn_proto::Incoming, queue: usize) {
+        self.tx_buf.clear();
+        match self.endpoint.retry(incoming, &mut self.tx_buf) {
+            Ok(t) => {
+                self.queue_response(queue, &t);
+                self.shared.endpoint.stats.lock().unwrap().retried += 1;
+            }
+            // Already validated: retrying again is not allowed.
+            Err(e) => self.endpoint.ignore(e.into_incoming()),
+        }
+    }
+
+    fn close(&mut self, code: quinn_proto::VarInt, reason: bytes::Bytes, now: Instant) {
+        self.closing_since.get_or_insert(now);
+        let endpoint = self.shared.endpoint.clone();
+        endpoint.closed.store(true, Ordering::Release);
+        // Attempts still waiting for the application: refuse those this
+        // engine received (the others refuse their own).
+        let mine: Vec<Incoming> = {
+            let mut waiting = endpoint.incoming.lock().unwrap();
+            let (mine, theirs): (Vec<_>, Vec<_>) = waiting
+                .drain(..)
+                .partition(|i: &Incoming| Arc::ptr_eq(i.engine(), &self.shared));
+            waiting.extend(theirs);
+            mine
+        };
+        for mut incoming in mine {
+            if let Some((inner, queue)) = incoming.take() {
+                self.decided();
+                self.refuse(inner, queue);
+            }
+        }
+        endpoint.incoming_ready.notify_waiters();
+        for (h, conn) in &self.conns {
+            let mut st = conn.lock();
+            st.inner.close(now, code, reason.clone());
+            st.fail(ConnectionError::LocallyClosed);
+            self.touched.push(*h);
+        }
+    }
+
+    /// Decides the new connection attempts: refused over the connection
+    /// limit or while closing, asked to prove their address (Retry) when
+    /// the policy says so; then accepted here for the serve handler, or
+    /// handed to the application's `accept`.
+    pub fn admit_new(&mut self, now: Instant) {
+        for (incoming, queue) in std::mem::take(&mut self.new_incoming) {
+            let endpoint = self.shared.endpoint.clone();
+            let open = endpoint.open_connections.load(Ordering::Relaxed);
+            if self.closing_since.is_some() || open >= self.admission.max_connections {
+                self.refuse(incoming, queue);
+                continue;
+            }
+            let undecided = endpoint.undecided.load(Ordering::Relaxed);
+            let retry = match self.admission.retry {
+                RetryPolicy::Never => false,
+                RetryPolicy::Always => true,
+                RetryPolicy::WhenBusy { unvalidated } => {
+                    undecided + self.handshaking >= unvalidated
+                }
+            };
+            if retry && incoming.may_retry() {
+                self.retry(incoming, queue);
+                continue;
+            }
+            if self.handler.get().is_some() {
+                if let Ok(conn) = self.accept(incoming, queue, now) {
+                    self.served
+                        .push(Connecting::handshaking(ConnRef::new(conn)));
+                }
+                continue;
+            }
+            let incoming = Incoming::new(incoming, queue, self.shared.clone());
+            endpoint.incoming.lock().unwrap().push_back(incoming);
+            endpoint.incoming_ready.notify_one();
+        }
+    }
+
+    /// Marks the connections the API touched, and those whose timer
+    /// expired, for this pass.
+    pub fn collect_dirty_and_expired(&mut self, now: Instant) {
+        self.touched.append(&mut self.shared.dirty.lock().unwrap());
+        while let Some(&(deadline, h)) = self.timers.first() {
+            if deadline > now {
+                break;
+            }
+            self.timers.pop_first();
+            self.touched.push(h);
+        }
+    }
+
+    /// Runs the touched connections' state machines without transmitting:
+    /// their events become task wake-ups, so that the woken tasks can
+    /// answer before `drive_touched` sends (ACK and response together).
+    pub fn process_touched(&mut self, now: Instant) {
+        self.touched.sort_unstable();
+        self.touched.dedup();
+        for i in 0..self.touched.len() {
+            self.drive(self.touched[i], now, None);
+        }
+    }
+
+    /// Runs every touched connection as far as it goes now, transmitting
+    /// into `out`; returns true if a transmit waits for room there (the
+    /// connection stays touched for the next pass).
+    pub fn drive_touched(&mut self, now: Instant, out: &mut dyn Outbox) -> bool {
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        let mut blocked = false;
+        for h in touched.drain(..) {
+            blocked |= self.drive(h, now, Some(&mut *out));
+        }
+        // Keep the allocation, with the connections queued for a retry.
+        touched.append(&mut self.touched);
+        self.touched = touched;
+        blocked
+    }
+
+    /// One connection: timer, endpoint events, app events (wake-ups) and,
+    /// with an outbox, its transmits. True if a transmit found no room.
+    fn drive(&mut self, h: ConnectionHandle, now: Instant, out: Option<&mut dyn Outbox>) -> bool {
+        let Some(conn) = self.conns.get(&h).cloned() else {
+            return false;
+        };
+        if out.is_some() {
+            conn.clear_dirty();
+        }
+        let mut st = conn.lock();
+        if st.inner.poll_timeout().is_some_and(|t| t <= now) {
+            st.inner.handle_timeout(now);
+        }
+        let was_connected = st.connected;
+        let mut drained = false;
+        let mut out = out;
+        let blocked = loop {
+            while let Some(event) = st.inner.poll_endpoint_events() {
+                drained |= event.is_drained();
+                if let Some(event) = self.endpoint.handle_event(h, event) {
+                    st.inner.handle_event(event);
+                }
+            }
+            while let Some(event) = st.inner.poll() {
+                st.dispatch(event);
+            }
+            let Some(out) = out.as_deref_mut() else {
+                break false;
+            };
+            match transmit(&mut st, now, out, &mut self.tx_buf) {
+                Transmitted::Nothing => break false,
+                Transmitted::Blocked => break true,
+                Transmitted::Some => {}
+            }
+        };
+        if !was_connected && st.connected {
+            self.handshaking -= 1;
+        }
+        if drained {
+            if !st.connected {
+                self.handshaking -= 1;
+            }
+            st.fail(ConnectionError::LocallyClosed);
+            if let Some(t) = st.timer.take() {
+                self.timers.remove(&(t, h));
+            }
+            drop(st);
+            self.conns.remove(&h);
+            let endpoint = &self.shared.endpoint;
+            if endpoint.open_connections.fetch_sub(1, Ordering::Relaxed) == 1 {
+                endpoint.idle.notify_waiters();
+            }
+            return false;
+        }
+        let next = st.inner.poll_timeout();
+        if next != st.timer {
+            if let Some(old) = st.timer {
+                self.timers.remove(&(old, h));
+            }
+            if let Some(new) = next {
+                self.timers.insert((new, h));
+            }
+            st.timer = next;
+        }
+        if blocked {
+            // Try again next pass, once the queue has drained.
+            self.touched.push(h);
+        }
+        blocked
+    }
+
+    fn queue_response(&mut self, queue: usize, t: &quinn_proto::Transmit) {
+        let p = pending(t, &self.tx_buf[..t.size]);
+        self.responses.push((queue, p));
+    }
+
+    /// Stateless responses (Retry, refusals, version negotiation, resets)
+    /// are sent best effort: a full queue drops them, the peer retries.
+    pub fn send_responses(&mut self, out: &mut dyn Outbox) {
+        for (queue, p) in self.responses.drain(..) {
+            if let Err(e) = out.send(queue, &p.as_transmit()) {
+                tracing::debug!(error = %e, "stateless response dropped");
+            }
+        }
+    }
+
+    /// When the earliest connection timer fires.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.first().map(|&(t, _)| t)
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing_since.is_some()
+    }
+
+    /// Closed, and every connection drained (or the drain limit passed).
+    pub fn finished(&self, now: Instant) -> bool {
+        self.closing_since.is_some_and(|since| {
+            self.conns.is_empty() || now.saturating_duration_since(since) >= DRAIN_LIMIT
+        })
+    }
+}
+
+/// A received datagram in a buffer sized to it.
+fn owned_datagram(data: &[u8]) -> BytesMut {
+    BytesMut::from(data)
+}
+
+enum Transmitted {
+    Nothing,
+    Some,
+    Blocked,
+}
+
+/// Moves the connection's datagrams into `out` until it has no more, or
+/// `out` no room.
+fn transmit(
+    st: &mut ConnState,
+    now: Instant,
+    out: &mut dyn Outbox,
+    tx_buf: &mut Vec<u8>,
+) -> Transmitted {
+    let queue = st.queue;
+    if let Some(p) = st.pending_transmit.take()
+        && let Err(e) = out.send(queue, &p.as_transmit())
+        && e.kind() == io::ErrorKind::WouldBlock
+    {
+        st.pending_transmit = Some(p);
+        return Transmitted::Blocked;
+    }
+    let max_segments = out.max_segments(queue);
+    let mut sent_any = false;
+    loop {
+        tx_buf.clear();
+        let Some(t) = st.inner.poll_transmit(now, max_segments, tx_buf) else {
+            return if sent_any {
+                Transmitted::Some
+            } else {
+                Transmitted::Nothing
+            };
+        };
+        let contents = &tx_buf[..t.size];
+        match out.send(queue, &wire_transmit(&t, contents)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Only a transmit that found no room is copied out.
+                st.pending_transmit = Some(pending(&t, contents));
+                return Transmitted::Blocked;
+            }
+            // Dropped and counted by the datapath; QUIC recovers.
+            Err(e) => tracing::debug!(error = %e, "transmit dropped"),
+        }
+        sent_any = true;
+    }
+}
+
+fn pending(t: &quinn_proto::Transmit, contents: &[u8]) -> PendingTransmit {
+    PendingTransmit {
+        contents: contents.to_vec(),
+        destination: t.destination,
+        ecn: t.ecn,
+        segment_size: t.segment_size,
+        src_ip: t.src_ip,
+    }
+}
+
+/// quinn-proto's transmit in the datapath's terms.
+fn wire_transmit<'a>(t: &quinn_proto::Transmit, contents: &'a [u8]) -> Transmit<'a> {
+    Transmit {
+        destination: t.destination,
+        ecn: t.ecn.and_then(|e| WireEcn::from_bits(e as u8)),
+        contents,
+        segment_size: t.segment_size,
+        src_ip: t.src_ip,
+    }
+}
+
+impl PendingTransmit {
+    fn as_transmit(&self) -> Transmit<'_> {
+        Transmit {
+            destination: self.destination,
+            ecn: self.ecn.and_then(|e| WireEcn::from_bits(e as u8)),
+            contents: &self.contents,
+            segment_size: self.segment_size,
+            src_ip: self.src_ip,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A few retained bytes of a datagram must not pin a large shared
+    /// arena: each datagram's buffer is its own, sized to it.
+    #[test]
+    fn a_received_datagram_owns_a_buffer_of_its_size() {
+        let a = owned_datagram(&[1u8; 1200]);
+        let b = owned_datagram(&[2u8; 40]);
+        assert!(a.capacity() < 2 * 1200, "{}", a.capacity());
+        assert!(b.capacity() < 2 * 40 + 64, "{}", b.capacity());
+        // Slices quinn-proto keeps (frozen stream data) share only their own
+        // datagram's allocation.
+        let kept = b.freeze().slice(0..10);
+        assert_eq!(&kept[..], &[2u8; 10]);
+    }
+}
