@@ -1,7 +1,13 @@
-//! HTTP/3: requests/s and p99 latency of h3-server over XDP, the same
-//! server over kernel UDP, and quinn + h3-quinn (quinn-h3-server) serving
-//! the same site, each driven by h3-load from a client namespace, in one
-//! run, alternating round by round.
+//! HTTP/3: requests/s, p50/p99 latency and server CPU per request of
+//! h3-server over XDP, the same server over kernel UDP, and quinn +
+//! h3-quinn (quinn-h3-server) serving the same site, each driven by h3-load
+//! from a client namespace, in one run, alternating round by round. The
+//! body is /bytes/N: served from memory (no file I/O, no per-request
+//! generation). Server CPU: the server process's utime + stime over the
+//! load, per completed request. Threads: each server as shipped
+//! (quinn-h3-server on a tokio runtime with one worker per core;
+//! h3-server with one engine thread per rx queue, one on veth, and an idle
+//! main runtime).
 //!
 //!     cargo build --release -p quic-xdp-examples
 //!     sudo cargo bench -p quic-xdp-benches --bench h3_bench -- --secs 5 --rounds 5
@@ -69,6 +75,12 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
 
 struct Server(Child);
 
+impl Server {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         // SIGTERM: the servers shut down gracefully (XDP detaches).
@@ -105,7 +117,16 @@ fn start(net: &TestNet, bin: &Path, extra: &[&str], dir: &Path) -> anyhow::Resul
     bail!("{} exited before listening", bin.display())
 }
 
-fn load(net: &TestNet, args: &Args, dir: &Path) -> anyhow::Result<(f64, f64, u64)> {
+/// One load run: req/s, p50 ms, p99 ms, errors, requests.
+struct Run {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    errors: u64,
+    requests: f64,
+}
+
+fn load(net: &TestNet, args: &Args, dir: &Path) -> anyhow::Result<Run> {
     let out = net
         .client
         .command(binary("h3-load")?)
@@ -127,11 +148,13 @@ fn load(net: &TestNet, args: &Args, dir: &Path) -> anyhow::Result<(f64, f64, u64
     let errors: u64 = json["errors"]
         .as_object()
         .map_or(0, |e| e.values().filter_map(|v| v.as_u64()).sum());
-    Ok((
-        json["requests_per_s"].as_f64().unwrap_or_default(),
-        json["latency_ms"]["p99"].as_f64().unwrap_or_default(),
+    Ok(Run {
+        rps: json["requests_per_s"].as_f64().unwrap_or_default(),
+        p50: json["latency_ms"]["p50"].as_f64().unwrap_or_default(),
+        p99: json["latency_ms"]["p99"].as_f64().unwrap_or_default(),
         errors,
-    ))
+        requests: json["requests_ok"].as_f64().unwrap_or_default(),
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -141,36 +164,51 @@ fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("qx-h3bench-{}", std::process::id()));
     certs::DevCerts::localhost()?.write_pem(&dir)?;
     let mut rps = vec![Vec::new(); SERVERS.len()];
+    let mut p50 = vec![Vec::new(); SERVERS.len()];
     let mut p99 = vec![Vec::new(); SERVERS.len()];
+    let mut cpu = vec![Vec::new(); SERVERS.len()];
     let mut errors = vec![0u64; SERVERS.len()];
     for round in 0..args.rounds {
         for (i, (name, bin, extra)) in SERVERS.iter().enumerate() {
             let server = start(&net, &binary(bin)?, extra, &dir)?;
-            let (r, p, e) = load(&net, &args, &dir)?;
+            let before = common::process_cpu(server.pid())?;
+            let run = load(&net, &args, &dir)?;
+            let used = common::process_cpu(server.pid())? - before;
             drop(server);
-            eprintln!("round {round}: {name:<34} {r:>8.0} req/s, p99 {p:.2} ms, {e} errors");
-            rps[i].push(r);
-            p99[i].push(p);
-            errors[i] += e;
+            let us_per_req = used.as_secs_f64() * 1e6 / run.requests.max(1.0);
+            eprintln!(
+                "round {round}: {name:<34} {:>8.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {us_per_req:.0} us CPU/req, {} errors",
+                run.rps, run.p50, run.p99, run.errors
+            );
+            rps[i].push(run.rps);
+            p50[i].push(run.p50);
+            p99[i].push(run.p99);
+            cpu[i].push(us_per_req);
+            errors[i] += run.errors;
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let rps: Vec<f64> = rps.into_iter().map(common::median).collect();
-    let p99: Vec<f64> = p99.into_iter().map(common::median).collect();
+    let med = |v: &Vec<f64>| common::median(v.clone());
     let reference = SERVERS.len() - 1;
     println!(
-        "| server | req/s (median of {}) | p99 ms | errors | req/s vs quinn | p99 vs quinn |",
-        args.rounds
+        "GET /bytes/{}, {} connections x {} in flight, median of {} rounds (min-max)\n",
+        args.size, args.connections, args.concurrency, args.rounds
     );
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| server | req/s | req/s vs quinn | p50 ms | p99 ms | p99 vs quinn | server CPU us/req | CPU vs quinn | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (i, (name, ..)) in SERVERS.iter().enumerate() {
         println!(
-            "| {name} | {:.0} | {:.2} | {} | {:.2} | {:.2} |",
-            rps[i],
-            p99[i],
-            errors[i],
-            rps[i] / rps[reference],
-            p99[i] / p99[reference]
+            "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {} |",
+            common::spread(&rps[i], 0),
+            med(&rps[i]) / med(&rps[reference]),
+            med(&p50[i]),
+            med(&p99[i]),
+            med(&p99[i]) / med(&p99[reference]),
+            med(&cpu[i]),
+            med(&cpu[i]) / med(&cpu[reference]),
+            errors[i]
         );
     }
     Ok(())

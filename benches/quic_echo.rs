@@ -2,9 +2,18 @@
 //! crate's server on kernel UDP, driven by the same quinn client from a
 //! client namespace, in one run, alternating round by round.
 //!
-//! Workloads: bulk (streams of several MB echoed, Mbit/s one way) and
+//! Workloads: bulk (streams of several MB echoed, Mbit/s one way),
 //! request/response (many concurrent 100-byte exchanges, each on its own
-//! stream, requests/s).
+//! stream, requests/s with p50/p99 latency) and handshakes (a new
+//! connection per 100-byte exchange, connections/s). Every row also shows
+//! the server's CPU time per unit: on-CPU time of the server's threads
+//! (schedstat) over the measurement.
+//!
+//! Thread budget, the same for every server: one busy server thread. quinn
+//! runs on a one-worker tokio runtime; quic-xdp serves with
+//! `Endpoint::serve` on its one engine thread (veth has one rx queue),
+//! beside the same one-worker runtime, idle here and counted too. The
+//! client has its own one-worker runtime.
 //!
 //!     sudo cargo bench -p quic-xdp-benches --bench quic_echo -- --secs 3 --rounds 5
 
@@ -38,6 +47,9 @@ struct Args {
     /// Request/response: exchanges in flight.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Handshakes: connections being set up at once.
+    #[arg(long, default_value_t = 8)]
+    handshakers: usize,
     /// AF_XDP ring slots for quic-xdp over XDP.
     #[arg(long, default_value_t = 2048)]
     ring_size: u32,
@@ -100,23 +112,16 @@ fn start(
                 .alpn([ALPN])
                 .datapath(|c| c.ring_size = ring_size);
             let ep = net.server.run(|| builder.bind())?;
-            let accept = ep.clone();
-            rt.spawn(async move {
-                while let Some(incoming) = accept.accept().await {
+            // Run to completion: the echo runs on the engine thread.
+            ep.serve(|conn| async move {
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     tokio::spawn(async move {
-                        let Ok(conn) = incoming.accept().await else {
-                            return;
-                        };
-                        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                            tokio::spawn(async move {
-                                if tokio::io::copy(&mut recv, &mut send).await.is_ok() {
-                                    let _ = send.finish();
-                                }
-                            });
+                        if tokio::io::copy(&mut recv, &mut send).await.is_ok() {
+                            let _ = send.finish();
                         }
                     });
                 }
-            });
+            })?;
             Ok(Running::QuicXdp(ep))
         }
         Server::QuinnOverUdp => {
@@ -230,10 +235,41 @@ async fn echo(conn: &quinn::Connection, data: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Mbit/s of payload one way.
-async fn bulk(conn: &quinn::Connection, args: &Args) -> anyhow::Result<f64> {
-    let data: Arc<Vec<u8>> = Arc::new((0..args.bulk_size).map(|i| (i * 7) as u8).collect());
+/// The server threads whose CPU time is counted.
+const SERVER_THREADS: &[&str] = &["bench-server", "quic-xdp-engine"];
+
+/// One workload's result in one round.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    rate: f64,
+    /// Server CPU microseconds per unit (request, handshake, or MB).
+    cpu_us: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// Runs `work`, which returns (units done, latencies in us); the rate is
+/// units per second, scaled by `unit_scale` for display.
+async fn measure<F>(work: F, cpu_unit: f64, rate_scale: f64) -> anyhow::Result<Sample>
+where
+    F: std::future::Future<Output = anyhow::Result<(f64, Vec<f64>)>>,
+{
+    let cpu_before = common::thread_cpu(SERVER_THREADS);
     let start = Instant::now();
+    let (units, mut latencies) = work.await?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = (common::thread_cpu(SERVER_THREADS) - cpu_before).as_secs_f64();
+    Ok(Sample {
+        rate: units / elapsed * rate_scale,
+        cpu_us: cpu * 1e6 / (units / cpu_unit),
+        p50_us: common::quantile(&mut latencies, 0.5),
+        p99_us: common::quantile(&mut latencies, 0.99),
+    })
+}
+
+/// Bytes echoed (one way) by concurrent bulk streams.
+async fn bulk(conn: &quinn::Connection, args: &Args) -> anyhow::Result<(f64, Vec<f64>)> {
+    let data: Arc<Vec<u8>> = Arc::new((0..args.bulk_size).map(|i| (i * 7) as u8).collect());
     let tasks: Vec<_> = (0..args.bulk_streams)
         .map(|_| {
             let (conn, data) = (conn.clone(), data.clone());
@@ -243,50 +279,85 @@ async fn bulk(conn: &quinn::Connection, args: &Args) -> anyhow::Result<f64> {
     for t in tasks {
         t.await??;
     }
-    Ok((args.bulk_streams * args.bulk_size) as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e6)
+    Ok(((args.bulk_streams * args.bulk_size) as f64, Vec::new()))
 }
 
-/// Completed 100-byte request/response exchanges per second.
-async fn request_response(conn: &quinn::Connection, args: &Args) -> anyhow::Result<f64> {
+/// Completed 100-byte request/response exchanges, and their latencies.
+async fn request_response(
+    conn: &quinn::Connection,
+    args: &Args,
+) -> anyhow::Result<(f64, Vec<f64>)> {
     let until = Instant::now() + Duration::from_secs_f64(args.secs);
-    let start = Instant::now();
     let tasks: Vec<_> = (0..args.concurrency)
         .map(|w| {
             let conn = conn.clone();
             tokio::spawn(async move {
                 let request = [w as u8; 100];
-                let mut done = 0u64;
+                let mut latencies = Vec::new();
                 while Instant::now() < until {
+                    let t = Instant::now();
                     echo(&conn, &request).await?;
-                    done += 1;
+                    latencies.push(t.elapsed().as_secs_f64() * 1e6);
                 }
-                anyhow::Ok(done)
+                anyhow::Ok(latencies)
             })
         })
         .collect();
-    let mut total = 0;
+    let mut all = Vec::new();
     for t in tasks {
-        total += t.await??;
+        all.extend(t.await??);
     }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    Ok((all.len() as f64, all))
+}
+
+/// New connections, each carrying one 100-byte exchange, `handshakers` at
+/// a time; their latencies (connect to close).
+async fn handshakes(
+    client: &quinn::Endpoint,
+    target: SocketAddr,
+    args: &Args,
+) -> anyhow::Result<(f64, Vec<f64>)> {
+    let until = Instant::now() + Duration::from_secs_f64(args.secs);
+    let tasks: Vec<_> = (0..args.handshakers)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < until {
+                    let t = Instant::now();
+                    let conn = client.connect(target, "localhost")?.await?;
+                    echo(&conn, &[7u8; 100]).await?;
+                    conn.close(0u32.into(), b"");
+                    latencies.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok((all.len() as f64, all))
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     common::require_root()?;
-    let one_worker = || {
+    let one_worker = |name: &str| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
+            .thread_name(name)
             .enable_all()
             .build()
     };
-    let (server_rt, client_rt) = (one_worker()?, one_worker()?);
+    let (server_rt, client_rt) = (one_worker("bench-server")?, one_worker("bench-client")?);
     let net = TestNet::create(&TestNetConfig::default())?;
     let certs = certs::DevCerts::localhost()?;
     let target = net.server_addr(false, PORT);
 
-    let mut bulk_results: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    let mut rr_results: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    // results[workload][server]: one sample per round.
+    let mut results: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); 3]; 3];
     for round in 0..args.rounds {
         for (i, server) in Server::ALL.into_iter().enumerate() {
             if args.servers.as_ref().is_some_and(|s| !s.contains(&i)) {
@@ -295,43 +366,61 @@ fn main() -> anyhow::Result<()> {
             let running = start(&net, &server_rt, server, &certs, args.ring_size)
                 .with_context(|| server.name())?;
             let client = client(&net, &client_rt, &certs.ca_der())?;
-            let (b, rr) = client_rt.block_on(async {
+            let samples = client_rt.block_on(async {
                 let conn = client.connect(target, "localhost")?.await?;
-                let b = bulk(&conn, &args).await?;
-                let rr = request_response(&conn, &args).await?;
+                let b = measure(bulk(&conn, &args), 1e6, 8.0 / 1e6).await?;
+                let rr = measure(request_response(&conn, &args), 1.0, 1.0).await?;
                 conn.close(0u32.into(), b"");
+                let hs = measure(handshakes(&client, target, &args), 1.0, 1.0).await?;
                 client.wait_idle().await;
-                anyhow::Ok((b, rr))
+                anyhow::Ok([b, rr, hs])
             })?;
             eprintln!(
-                "round {round}: {:<22} bulk {b:>7.0} Mbit/s, {rr:>7.0} req/s",
-                server.name()
+                "round {round}: {:<22} bulk {:>6.0} Mbit/s ({:.0} us/MB), rr {:>6.0} req/s ({:.1} us/req, p99 {:.0} us), {:>5.0} handshakes/s ({:.0} us each)",
+                server.name(),
+                samples[0].rate,
+                samples[0].cpu_us,
+                samples[1].rate,
+                samples[1].cpu_us,
+                samples[1].p99_us,
+                samples[2].rate,
+                samples[2].cpu_us,
             );
-            bulk_results[i].push(b);
-            rr_results[i].push(rr);
+            for (w, sample) in samples.into_iter().enumerate() {
+                results[w][i].push(sample);
+            }
             stop(&net, &server_rt, running)?;
         }
     }
 
-    if bulk_results.iter().any(Vec::is_empty) {
+    if results[0].iter().any(Vec::is_empty) {
         return Ok(()); // a subset was measured: no comparison table
     }
-    let bulk: Vec<f64> = bulk_results.into_iter().map(common::median).collect();
-    let rr: Vec<f64> = rr_results.into_iter().map(common::median).collect();
-    println!(
-        "| server | bulk echo, Mbit/s one way (median of {}) | 100 B request/response, req/s | bulk vs quinn | req/s vs quinn |",
-        args.rounds
-    );
-    println!("|---|---|---|---|---|");
-    for (i, server) in Server::ALL.into_iter().enumerate() {
+    let workloads = [
+        ("bulk echo", "Mbit/s one way", "us/MB"),
+        ("100 B request/response", "req/s", "us/req"),
+        ("handshake + 100 B exchange", "conn/s", "us/conn"),
+    ];
+    for (w, (name, unit, cpu_unit)) in workloads.into_iter().enumerate() {
+        let med =
+            |i: usize, f: fn(&Sample) -> f64| common::median(results[w][i].iter().map(f).collect());
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} | {:.2} |",
-            server.name(),
-            bulk[i],
-            rr[i],
-            bulk[i] / bulk[2],
-            rr[i] / rr[2]
+            "\n{name}, median of {} rounds (min-max)\n\n| server | {unit} | vs quinn | p50 us | p99 us | server CPU {cpu_unit} | CPU vs quinn |\n|---|---|---|---|---|---|---|",
+            args.rounds
         );
+        for (i, server) in Server::ALL.into_iter().enumerate() {
+            let rates: Vec<f64> = results[w][i].iter().map(|s| s.rate).collect();
+            println!(
+                "| {} | {} | {:.2} | {:.0} | {:.0} | {:.1} | {:.2} |",
+                server.name(),
+                common::spread(&rates, 0),
+                med(i, |s| s.rate) / med(2, |s| s.rate),
+                med(i, |s| s.p50_us),
+                med(i, |s| s.p99_us),
+                med(i, |s| s.cpu_us),
+                med(i, |s| s.cpu_us) / med(2, |s| s.cpu_us),
+            );
+        }
     }
     Ok(())
 }

@@ -118,6 +118,7 @@ impl EngineCore {
         &self.shared
     }
 
+    #[cfg(feature = "fuzzing")]
     pub fn connections(&self) -> usize {
         self.conns.len()
     }
