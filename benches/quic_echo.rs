@@ -303,6 +303,13 @@ async fn request_response(
             })
         })
         .collect();
+    gather(tasks).await
+}
+
+/// Every task's latencies, and how many there are.
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<f64>>>>,
+) -> anyhow::Result<(f64, Vec<f64>)> {
     let mut all = Vec::new();
     for t in tasks {
         all.extend(t.await??);
@@ -334,11 +341,7 @@ async fn handshakes(
             })
         })
         .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    Ok((all.len() as f64, all))
+    gather(tasks).await
 }
 
 fn main() -> anyhow::Result<()> {
