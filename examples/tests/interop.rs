@@ -5,6 +5,7 @@
 //! removed by each test.
 
 use std::{
+    ffi::OsString,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Stdio},
@@ -211,23 +212,40 @@ fn aioquic(
     paths: &[String],
     resume: bool,
 ) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/aioquic_get.py");
+    let mut args: Vec<OsString> = vec![out.into()];
+    args.extend(paths.iter().map(OsString::from));
+    args.extend(resume.then(|| "--resume".into()));
+    python_client(net, server, "aioquic_get.py", "aioquic", 60, &args)
+}
+
+/// Runs `interop/SCRIPT HOST PORT CA ARGS...` with the interop venv's
+/// Python (QUIC_XDP_PYTHON) from the client namespace; its JSON report.
+fn python_client(
+    net: &TestNet,
+    server: &Server,
+    script: &str,
+    package: &str,
+    timeout_secs: u32,
+    args: &[OsString],
+) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("interop")
+        .join(script);
     let output = net
         .client
         .command("timeout")
-        .arg("60")
+        .arg(timeout_secs.to_string())
         .arg(std::env::var_os("QUIC_XDP_PYTHON").unwrap_or("python3".into()))
         .arg(&script)
         .args(["10.77.0.2", "4433"])
         .arg(server.dir.join("ca.pem"))
-        .arg(out)
-        .args(paths)
-        .args(resume.then_some("--resume"))
+        .args(args)
         .output()
-        .expect("python3 with aioquic (pip install aioquic) must be installed");
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
     assert!(
         output.status.success(),
-        "aioquic client failed: {}",
+        "{} failed (python3 with {package} installed, see scripts/test.sh): {}",
+        script.display(),
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("a JSON report")
@@ -273,24 +291,8 @@ fn curl_client_gets_every_response_on_one_session() {
 /// Runs the libcurl (curl_cffi) client script from the client namespace;
 /// its JSON report.
 fn curl(net: &TestNet, server: &Server, specs: &[String]) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/curl_get.py");
-    let output = net
-        .client
-        .command("timeout")
-        .arg("120")
-        .arg(std::env::var_os("QUIC_XDP_PYTHON").unwrap_or("python3".into()))
-        .arg(&script)
-        .args(["10.77.0.2", "4433"])
-        .arg(server.dir.join("ca.pem"))
-        .args(specs)
-        .output()
-        .expect("python3 with curl_cffi (pip install curl_cffi) must be installed");
-    assert!(
-        output.status.success(),
-        "curl client failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("a JSON report")
+    let args: Vec<OsString> = specs.iter().map(OsString::from).collect();
+    python_client(net, server, "curl_get.py", "curl_cffi", 120, &args)
 }
 
 fn sha256_hex(data: &[u8]) -> String {
