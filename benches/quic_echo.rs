@@ -9,6 +9,11 @@
 //! the server's CPU time per unit: on-CPU time of the server's threads
 //! (schedstat) over the measurement.
 //!
+//! The datapath ceiling for bulk on this link, in the same run: the plain
+//! UDP echo of the datapath crate (no QUIC) over AF_XDP and over kernel
+//! UDP with GSO/GRO, 1400-byte datagrams, the testbed load client sending
+//! GSO batches, 1024 in flight. Bulk rows read against it.
+//!
 //! Thread budget, the same for every server: one busy server thread. quinn
 //! runs on a one-worker tokio runtime; quic-xdp serves with
 //! `Endpoint::serve` on its one engine thread (veth has one rx queue),
@@ -27,7 +32,11 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use datapath::testbed::{TestNet, TestNetConfig};
+use datapath::{
+    Datapath, DatapathConfig,
+    echo::{self, EchoLimits},
+    testbed::{EchoLoad, TestNet, TestNetConfig, run_echo_load},
+};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls_pki_types::CertificateDer;
 use tokio::runtime::Runtime;
@@ -61,6 +70,8 @@ struct Args {
 }
 
 const PORT: u16 = 4433;
+/// The datapaths whose ceiling is measured, in order.
+const CEILINGS: [&str; 2] = ["AF_XDP", "kernel UDP"];
 const ALPN: &[u8] = b"echo";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -306,6 +317,61 @@ async fn request_response(
     gather(tasks).await
 }
 
+/// Payload of the ceiling's datagrams: about what QUIC puts in one on a
+/// 1500-byte link.
+const CEILING_SIZE: usize = 1400;
+
+/// The datapath alone: `datapath::echo` over `mode` in the server
+/// namespace, loaded for `secs` from the client namespace. Mbit/s one way
+/// and the echo thread's CPU per MB.
+fn ceiling(net: &TestNet, mode: quic_xdp::Mode, args: &Args) -> anyhow::Result<Sample> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let flag = stop.clone();
+    let mut config = DatapathConfig::new(SocketAddr::new("::".parse()?, PORT));
+    config.interface = Some(TestNet::SERVER_IF.into());
+    config.mode = mode;
+    let server = net.server.spawn(move || -> anyhow::Result<()> {
+        // Counted with the other server threads (comm "bench-server").
+        // SAFETY: PR_SET_NAME with a NUL-terminated name of <= 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, c"bench-server".as_ptr()) };
+        let mut dp = Datapath::open(&config)?;
+        ready_tx.send(())?;
+        echo::serve(dp.queues_mut(), &flag, EchoLimits::default())?;
+        Ok(())
+    });
+    if ready_rx.recv().is_err() {
+        // The echo thread failed before it was ready: its error.
+        server
+            .join()
+            .expect("echo thread")
+            .context("ceiling echo")?;
+        bail!("ceiling echo stopped before it was ready");
+    }
+    let load = EchoLoad {
+        count: u64::MAX,
+        size: CEILING_SIZE,
+        window: 1024,
+        duration: Some(Duration::from_secs_f64(args.secs)),
+        // Outstanding echoes after the end are lost, not waited for: the
+        // elapsed time stays within 50 ms of the sending time.
+        idle_timeout: Duration::from_millis(50),
+        ..EchoLoad::new(net.server_addr(false, PORT))
+    };
+    let cpu_before = common::thread_cpu(SERVER_THREADS);
+    let report = net.client.run(|| run_echo_load(&load))?;
+    let cpu = (common::thread_cpu(SERVER_THREADS) - cpu_before).as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    server.join().expect("echo thread")?;
+    let bytes = (report.received as usize * CEILING_SIZE) as f64;
+    Ok(Sample {
+        rate: bytes * 8.0 / report.elapsed.as_secs_f64() / 1e6,
+        cpu_us: cpu * 1e6 / (bytes / 1e6),
+        p50_us: f64::NAN,
+        p99_us: f64::NAN,
+    })
+}
+
 /// Every task's latencies, and how many there are.
 async fn gather(
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<f64>>>>,
@@ -359,7 +425,8 @@ fn main() -> anyhow::Result<()> {
     let certs = certs::DevCerts::localhost()?;
     let target = net.server_addr(false, PORT);
 
-    // results[workload][server]: one sample per round.
+    // results[workload][server]: one sample per round; ceilings[datapath].
+    let mut ceilings: Vec<Vec<Sample>> = vec![Vec::new(); 2];
     let mut results: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); 3]; 3];
     for round in 0..args.rounds {
         for (i, server) in Server::ALL.into_iter().enumerate() {
@@ -394,6 +461,19 @@ fn main() -> anyhow::Result<()> {
             }
             stop(&net, &server_rt, running)?;
         }
+        if args.servers.is_none() {
+            for (c, mode) in [quic_xdp::Mode::Xdp, quic_xdp::Mode::Udp]
+                .into_iter()
+                .enumerate()
+            {
+                let sample = ceiling(&net, mode, &args)?;
+                eprintln!(
+                    "round {round}: datapath ceiling, {:<10} {:>6.0} Mbit/s ({:.0} us/MB)",
+                    CEILINGS[c], sample.rate, sample.cpu_us
+                );
+                ceilings[c].push(sample);
+            }
+        }
     }
 
     if results[0].iter().any(Vec::is_empty) {
@@ -424,6 +504,29 @@ fn main() -> anyhow::Result<()> {
                 med(i, |s| s.cpu_us) / med(2, |s| s.cpu_us),
             );
         }
+    }
+    println!(
+        "\nDatapath ceiling for bulk on this link: UDP echo of {CEILING_SIZE} B datagrams, no QUIC (min-max)\n\n| datapath | Mbit/s one way | echo CPU us/MB | QUIC bulk on it, best server | fraction of ceiling |\n|---|---|---|---|---|"
+    );
+    for (c, name) in CEILINGS.into_iter().enumerate() {
+        let rates: Vec<f64> = ceilings[c].iter().map(|s| s.rate).collect();
+        let ceiling = common::median(rates.clone());
+        // QUIC bulk over that datapath: quic-xdp over XDP for AF_XDP; the
+        // better of quic-xdp and quinn for kernel UDP.
+        let bulk = |i: usize| common::median(results[0][i].iter().map(|s| s.rate).collect());
+        let (server, quic) = if c == 0 {
+            (Server::QuicXdpOverXdp.name(), bulk(0))
+        } else if bulk(1) >= bulk(2) {
+            (Server::QuicXdpOverUdp.name(), bulk(1))
+        } else {
+            (Server::QuinnOverUdp.name(), bulk(2))
+        };
+        println!(
+            "| {name} | {} | {:.0} | {server}: {quic:.0} | {:.2} |",
+            common::spread(&rates, 0),
+            common::median(ceilings[c].iter().map(|s| s.cpu_us).collect()),
+            quic / ceiling
+        );
     }
     Ok(())
 }

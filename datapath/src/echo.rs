@@ -1,6 +1,7 @@
 //! A UDP echo over any set of datapath queues: what `xdp-udp-echo` runs,
 //! and the smallest complete user of [`PacketIo`]: receive a batch, answer
-//! from the address each datagram was sent to, flush.
+//! from the address each datagram was sent to (as GSO batches where the
+//! replies allow), flush.
 
 use std::{
     io,
@@ -59,21 +60,39 @@ pub fn serve(
                 replies.push((*meta, start..payloads.len()));
             })?;
             idle &= n == 0;
-            for (meta, range) in &replies {
+            // Consecutive replies to one peer, of one size (the last may be
+            // shorter), leave as one GSO batch: their payloads are adjacent.
+            let max_segments = q.max_segments().max(1);
+            let mut i = 0;
+            while i < replies.len() {
+                let (meta, first) = &replies[i];
+                let size = first.len();
+                let mut end = i + 1;
+                while end < replies.len()
+                    && end - i < max_segments
+                    && replies[end].0 == *meta
+                    && replies[end].1.len() <= size
+                    && replies[end - 1].1.len() == size
+                    && size > 0
+                {
+                    end += 1;
+                }
+                let count = (end - i) as u64;
                 let t = Transmit {
                     destination: meta.remote,
                     ecn: meta.ecn,
-                    contents: &payloads[range.clone()],
-                    segment_size: None,
+                    contents: &payloads[first.start..replies[end - 1].1.end],
+                    segment_size: (count > 1).then_some(size),
                     src_ip: Some(meta.local.ip()),
                 };
                 match send_with_retry(q.as_mut(), &t) {
-                    Ok(()) => outcome.echoed += 1,
+                    Ok(()) => outcome.echoed += count,
                     Err(e) => {
                         tracing::debug!(error = %e, peer = %meta.remote, "echo reply dropped");
-                        outcome.dropped += 1;
+                        outcome.dropped += count;
                     }
                 }
+                i = end;
             }
             q.flush()?;
         }
