@@ -62,7 +62,9 @@ counters! {
     /// Kicks that left frames on the tx ring because the kernel was busy
     /// (EBUSY/ENOBUFS, or EAGAIN without progress): sent on a later kick.
     tx_kick_busy,
-    /// Sends dropped: the peer's MAC was never learned.
+    /// Sends this queue could not address: no route through the interface,
+    /// or the next hop not resolved yet (the kernel is asked to resolve
+    /// it). `send_or_through_kernel` hands them to the kernel socket.
     tx_no_neighbor,
     /// Sends dropped: larger than the interface MTU allows.
     tx_too_big,

@@ -10,7 +10,6 @@ use crate::{
     error::{Error, Result},
     iface::InterfaceInfo,
     io::PacketIo,
-    neighbor::Neighbors,
     program::{AttachMode, AttachPreference, SteerStats, SteeringProgram},
     udp::UdpQueue,
     wire::ChecksumPolicy,
@@ -228,6 +227,7 @@ impl Datapath {
         };
         let settings = XskSettings {
             interface: name.clone(),
+            ifindex: info.index,
             mac: info.mac,
             mtu: info.mtu,
             ring_size: config.ring_size,
@@ -236,18 +236,14 @@ impl Datapath {
             port: config.listen.port(),
             default_src: Some(config.listen.ip().to_canonical()).filter(|ip| !ip.is_unspecified()),
         };
-        let shared_neighbors = Neighbors::shared(64 * 1024);
         let mut queues: Vec<Box<dyn PacketIo>> = Vec::new();
         let mut all_zero_copy = true;
         for &queue in &queue_ids {
-            let xsk =
-                XskQueue::open(&settings, queue, shared_neighbors.clone()).map_err(|reason| {
-                    Error::Socket {
-                        interface: name.clone(),
-                        queue,
-                        reason,
-                    }
-                })?;
+            let xsk = XskQueue::open(&settings, queue).map_err(|reason| Error::Socket {
+                interface: name.clone(),
+                queue,
+                reason,
+            })?;
             steering.bind_socket(queue, xsk.socket_fd())?;
             all_zero_copy &= matches!(
                 xsk.kind(),

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::io::{PacketIo, RxMeta, Transmit, wait_readable};
+use crate::io::{PacketIo, RxMeta, Transmit, send_or_through_kernel, wait_readable};
 
 /// How long to keep retrying a reply while the tx ring drains.
 const TX_RETRY_FOR: Duration = Duration::from_millis(50);
@@ -51,10 +51,10 @@ pub fn serve(
             return Ok(outcome);
         }
         let mut idle = true;
-        for q in queues.iter_mut() {
+        for qi in 0..queues.len() {
             replies.clear();
             payloads.clear();
-            let n = q.recv(&mut |meta, data| {
+            let n = queues[qi].recv(&mut |meta, data| {
                 let start = payloads.len();
                 payloads.extend_from_slice(data);
                 replies.push((*meta, start..payloads.len()));
@@ -62,7 +62,7 @@ pub fn serve(
             idle &= n == 0;
             // Consecutive replies to one peer, of one size (the last may be
             // shorter), leave as one GSO batch: their payloads are adjacent.
-            let max_segments = q.max_segments().max(1);
+            let max_segments = queues[qi].max_segments().max(1);
             let mut i = 0;
             while i < replies.len() {
                 let (meta, first) = &replies[i];
@@ -85,7 +85,7 @@ pub fn serve(
                     segment_size: (count > 1).then_some(size),
                     src_ip: Some(meta.local.ip()),
                 };
-                match send_with_retry(q.as_mut(), &t) {
+                match send_with_retry(queues, qi, &t) {
                     Ok(()) => outcome.echoed += count,
                     Err(e) => {
                         tracing::debug!(error = %e, peer = %meta.remote, "echo reply dropped");
@@ -94,7 +94,9 @@ pub fn serve(
                 }
                 i = end;
             }
-            q.flush()?;
+            for q in queues.iter_mut() {
+                q.flush()?;
+            }
         }
         if idle {
             wait_readable(queues, POLL_EVERY)?;
@@ -102,16 +104,20 @@ pub fn serve(
     }
 }
 
-fn send_with_retry(q: &mut dyn PacketIo, t: &Transmit<'_>) -> io::Result<()> {
+fn send_with_retry(
+    queues: &mut [Box<dyn PacketIo>],
+    qi: usize,
+    t: &Transmit<'_>,
+) -> io::Result<()> {
     let mut deadline = None;
     loop {
-        match q.send(t) {
+        match send_or_through_kernel(queues, qi, t) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let d = *deadline.get_or_insert_with(|| Instant::now() + TX_RETRY_FOR);
                 if Instant::now() >= d {
                     return Err(e);
                 }
-                q.flush()?;
+                queues[qi].flush()?;
                 std::thread::yield_now();
             }
             other => return other,

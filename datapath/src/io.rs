@@ -112,6 +112,30 @@ pub fn wait_readable(queues: &[Box<dyn PacketIo>], timeout: Duration) -> io::Res
     Ok(())
 }
 
+/// Sends `t` on `queues[queue]`. A datagram that an AF_XDP queue cannot
+/// address (no route through its interface, or the next hop not resolved
+/// yet: `HostUnreachable`) leaves through the group's kernel socket
+/// instead. The kernel holds it while it resolves the next hop; once the
+/// neighbour is known, later datagrams take the AF_XDP path again.
+pub fn send_or_through_kernel(
+    queues: &mut [Box<dyn PacketIo>],
+    queue: usize,
+    t: &Transmit<'_>,
+) -> io::Result<()> {
+    match queues[queue].send(t) {
+        Err(e) if e.kind() == io::ErrorKind::HostUnreachable => {
+            let kernel = queues
+                .iter()
+                .position(|q| !matches!(q.kind(), QueueKind::Xsk { .. }));
+            match kernel {
+                Some(k) if k != queue => queues[k].send(t),
+                _ => Err(e),
+            }
+        }
+        other => other,
+    }
+}
+
 /// `Transmit::contents` split into the datagrams it stands for.
 pub(crate) fn segments<'a>(t: &Transmit<'a>) -> impl Iterator<Item = &'a [u8]> {
     let contents = t.contents;

@@ -18,7 +18,7 @@ pub use error::{Error, Result};
 pub mod counters;
 pub mod iface;
 pub mod io;
-pub mod neighbor;
+pub mod route;
 #[cfg(feature = "testbed")]
 pub mod testbed;
 pub mod udp;

@@ -246,22 +246,39 @@ impl TestNet {
             ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"])?;
             ns.ip(&["link", "set", dev, "up"])?;
         }
-        // While ARP/NDP resolves, the client's kernel holds only ~200 KB of
-        // datagrams and silently drops the rest of a burst: pin the server's
-        // address so a load starts at full speed. (The server still learns
-        // the client by ARP/NDP for its kernel's own replies.)
-        for server_ip in [Self::SERVER_V4.to_string(), Self::SERVER_V6.to_string()] {
-            self.client.ip(&[
-                "neigh",
-                "replace",
-                &server_ip,
-                "lladdr",
-                Self::SERVER_MAC,
-                "dev",
+        // While ARP/NDP resolves, a kernel holds only ~200 KB of datagrams
+        // for the peer and silently drops the rest of a burst: pin each
+        // side's address on the other so a load starts at full speed. (The
+        // server's replies take their MACs from its kernel's table, as a
+        // client's own ARP/NDP would have filled it; `forget_client` undoes
+        // that to test resolution.)
+        for (ns, dev, peers, mac) in [
+            (
+                &self.client,
                 Self::CLIENT_IF,
-                "nud",
-                "permanent",
-            ])?;
+                [Self::SERVER_V4.to_string(), Self::SERVER_V6.to_string()],
+                Self::SERVER_MAC,
+            ),
+            (
+                &self.server,
+                Self::SERVER_IF,
+                [Self::CLIENT_V4.to_string(), Self::CLIENT_V6.to_string()],
+                Self::CLIENT_MAC,
+            ),
+        ] {
+            for peer in &peers {
+                ns.ip(&[
+                    "neigh",
+                    "replace",
+                    peer,
+                    "lladdr",
+                    mac,
+                    "dev",
+                    dev,
+                    "nud",
+                    "permanent",
+                ])?;
+            }
         }
         if !config.client_tx_checksum_offload {
             run(self
@@ -270,6 +287,13 @@ impl TestNet {
                 .args(["-K", Self::CLIENT_IF, "tx", "off"]))?;
         }
         Ok(())
+    }
+
+    /// Removes what the server's kernel knows of the client's link-layer
+    /// address: its replies must then resolve it (ARP/NDP).
+    pub fn forget_client(&self) -> io::Result<()> {
+        self.server
+            .ip(&["neigh", "flush", "dev", Self::SERVER_IF, "nud", "all"])
     }
 
     /// Whether an XDP program is attached to the server's interface.

@@ -16,7 +16,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     num::NonZeroU32,
     os::fd::{AsRawFd, RawFd},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -29,7 +29,7 @@ use xsk_rs::{
 use crate::{
     counters::QueueCounters,
     io::{PacketIo, QueueKind, RxMeta, Transmit, segments},
-    neighbor::{Neighbor, NeighborCache, Neighbors},
+    route::KernelNeighbors,
     wire::{self, ChecksumPolicy, DecodeError, FrameRoute, MAX_HEADER_LEN},
 };
 
@@ -43,7 +43,6 @@ const BATCH: usize = 64;
 /// Datagrams per `send` batch: a GSO batch becomes this many frames.
 const MAX_SEGMENTS: usize = 32;
 const KERNEL_STATS_EVERY: Duration = Duration::from_millis(100);
-const NEIGHBORS_PER_GENERATION: usize = 16 * 1024;
 
 /// Whether to ask the driver for zero-copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -59,6 +58,7 @@ pub enum ZeroCopy {
 #[derive(Debug, Clone)]
 pub struct XskSettings {
     pub interface: String,
+    pub ifindex: u32,
     pub mac: EthernetAddress,
     pub mtu: u32,
     /// Slots per ring; the UMEM gets twice as many frames.
@@ -107,7 +107,8 @@ pub struct XskQueue {
     tx_unkicked: bool,
     frame_capacity: usize,
     settings: XskSettings,
-    neighbors: Neighbors,
+    /// Where replies go: the kernel's routes and neighbours.
+    neighbors: KernelNeighbors,
     counters: Arc<QueueCounters>,
     stats_refreshed: Instant,
 }
@@ -120,11 +121,7 @@ impl XskQueue {
     /// Creates the UMEM and socket on `queue` and primes the fill ring.
     /// With `ZeroCopy::Auto` a refused zero-copy bind is retried in copy
     /// mode (on a fresh UMEM, since the refused bind consumed its rings).
-    pub fn open(
-        settings: &XskSettings,
-        queue: u32,
-        shared_neighbors: Arc<Mutex<NeighborCache>>,
-    ) -> Result<Self, String> {
+    pub fn open(settings: &XskSettings, queue: u32) -> Result<Self, String> {
         let attempts: &[bool] = match settings.zero_copy {
             ZeroCopy::Auto => &[true, false],
             ZeroCopy::Require => &[true],
@@ -132,7 +129,7 @@ impl XskQueue {
         };
         let mut refusals = Vec::new();
         for &zero_copy in attempts {
-            match Self::open_once(settings, queue, zero_copy, shared_neighbors.clone()) {
+            match Self::open_once(settings, queue, zero_copy) {
                 Ok(q) => {
                     if !refusals.is_empty() {
                         tracing::info!(
@@ -153,12 +150,7 @@ impl XskQueue {
         Err(refusals.join("; "))
     }
 
-    fn open_once(
-        settings: &XskSettings,
-        queue: u32,
-        zero_copy: bool,
-        shared_neighbors: Arc<Mutex<NeighborCache>>,
-    ) -> Result<Self, String> {
+    fn open_once(settings: &XskSettings, queue: u32, zero_copy: bool) -> Result<Self, String> {
         let ring = QueueSize::new(settings.ring_size).map_err(|e| format!("ring size: {e}"))?;
         let umem_config = UmemConfig::builder()
             .frame_size(FrameSize::new(FRAME_SIZE).expect("valid frame size"))
@@ -227,7 +219,8 @@ impl XskQueue {
             tx_unkicked: false,
             frame_capacity,
             settings: settings.clone(),
-            neighbors: Neighbors::new(shared_neighbors, NEIGHBORS_PER_GENERATION),
+            neighbors: KernelNeighbors::new(settings.ifindex)
+                .map_err(|e| format!("netlink route socket: {e}"))?,
             counters: Arc::default(),
             stats_refreshed: Instant::now(),
         };
@@ -370,12 +363,12 @@ impl XskQueue {
         c.tx_invalid_descs.store(s.tx_invalid_descs(), Relaxed);
     }
 
-    fn route_to(&mut self, ip: &IpAddr) -> Option<FrameRoute> {
-        let n = self.neighbors.lookup(ip)?;
+    fn route_to(&mut self, ip: IpAddr) -> Option<FrameRoute> {
+        let dst_mac = self.neighbors.lookup(ip, Instant::now())?;
         Some(FrameRoute {
             src_mac: self.settings.mac,
-            dst_mac: n.mac,
-            vlan: n.vlan,
+            dst_mac,
+            vlan: None,
         })
     }
 
@@ -402,11 +395,8 @@ impl PacketIo for XskQueue {
             let frame = unsafe { self.umem.data(desc) };
             match wire::parse_udp_frame(frame.contents(), self.settings.checksum) {
                 Ok(d) => {
-                    let neighbor = Neighbor {
-                        mac: d.src_mac,
-                        vlan: d.vlan,
-                    };
-                    self.neighbors.learn(d.src.ip(), neighbor);
+                    // Nothing of the frame (its MACs, its VLAN) decides
+                    // where replies go: see `route`.
                     QueueCounters::add(&self.counters.rx_packets, 1);
                     QueueCounters::add(&self.counters.rx_bytes, d.payload.len() as u64);
                     let meta = RxMeta {
@@ -453,11 +443,15 @@ impl PacketIo for XskQueue {
                 format!("datagram exceeds the {max}-byte limit towards {dst}"),
             ));
         }
-        let Some(route) = self.route_to(&dst.ip()) else {
+        let Some(route) = self.route_to(dst.ip()) else {
             return Err(Self::drop_with(
                 &self.counters.tx_no_neighbor,
                 io::ErrorKind::HostUnreachable,
-                format!("no link-layer address learned for {}", dst.ip()),
+                format!(
+                    "no route through {} or no resolved next hop towards {}",
+                    self.settings.interface,
+                    dst.ip()
+                ),
             ));
         };
         let count = segments(t).count();

@@ -4,7 +4,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::Stdio,
     sync::{
         Arc,
@@ -20,10 +20,13 @@ use datapath::{
     counters::CounterSnapshot,
     echo::{self, EchoLimits},
     program::{AttachMode, AttachPreference, SteerStats},
+    testbed::RawLink,
     testbed::{EchoLoad, EchoReport, TestNet, TestNetConfig, run_echo_load},
+    wire::{FrameRoute, MAX_HEADER_LEN, emit_udp_headers},
     xsk::FrameAccounting,
 };
 use quinn_udp::EcnCodepoint;
+use smoltcp::wire::EthernetAddress;
 
 const PORT: u16 = 4433;
 
@@ -296,6 +299,9 @@ fn kernel_traffic_keeps_working_while_attached() {
     let Some(net) = testnet(TestNetConfig::default()) else {
         return;
     };
+    // The server's kernel resolves the client itself (ARP and NDP through
+    // the attached program) to answer the pings.
+    net.forget_client().unwrap();
     let server = EchoServer::start(&net, xdp_config("[::]:4433")).unwrap();
 
     for target in ["10.77.0.2", "fd77::2"] {
@@ -747,5 +753,73 @@ fn one_flush_transmits_a_burst_larger_than_a_kick() {
     assert!(
         counters.tx_kicks >= (BURST / 32) as u64,
         "fewer kicks than copy mode needs: {counters}"
+    );
+}
+
+/// Replies never take their MAC from received frames. A peer the server's
+/// kernel has not resolved yet is answered through the kernel socket (which
+/// resolves it by ARP/NDP), and once it is resolved, through AF_XDP. Frames
+/// that claim the client's address from another MAC do not move its
+/// replies.
+#[test]
+fn replies_use_the_kernels_neighbour_table_not_frame_sources() {
+    let Some(net) = testnet(TestNetConfig::default()) else {
+        return;
+    };
+    net.forget_client().unwrap();
+    let server = EchoServer::start(&net, xdp_config("[::]:4433")).unwrap();
+    for v6 in [false, true] {
+        let r = load(&net, net.server_addr(v6, PORT), 200, 100, 1);
+        assert_all_echoed(&r, 200, &format!("v6={v6}, unresolved at first"));
+    }
+    // Spoofed frames: the client's source addresses, a stranger's MAC.
+    let route = FrameRoute {
+        src_mac: EthernetAddress([0x02, 0x66, 0x66, 0x66, 0x66, 0x66]),
+        dst_mac: EthernetAddress::from_bytes(&[0x02, 0x77, 0, 0, 0, 2]),
+        vlan: None,
+    };
+    let link = net
+        .client
+        .run(|| RawLink::open(TestNet::CLIENT_IF))
+        .unwrap();
+    for v6 in [false, true] {
+        let client_ip = if v6 {
+            IpAddr::V6(TestNet::CLIENT_V6)
+        } else {
+            IpAddr::V4(TestNet::CLIENT_V4)
+        };
+        let src = SocketAddr::new(client_ip, 40000);
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let payload = b"spoofed!";
+        let n = emit_udp_headers(
+            &mut header,
+            &route,
+            src,
+            net.server_addr(v6, PORT),
+            None,
+            payload,
+        );
+        let frame = [&header[..n], &payload[..]].concat();
+        for _ in 0..50 {
+            link.send(&frame).unwrap();
+        }
+    }
+    for v6 in [false, true] {
+        let r = load(&net, net.server_addr(v6, PORT), 500, 100, 16);
+        assert_all_echoed(&r, 500, &format!("v6={v6}, after spoofed frames"));
+    }
+    let report = server.stop();
+    let xsk = report.xsk();
+    assert!(
+        xsk.tx_no_neighbor > 0,
+        "the first replies waited for resolution: {xsk}"
+    );
+    assert!(
+        report.misses().tx_packets > 0,
+        "they left through the kernel socket"
+    );
+    assert!(
+        xsk.tx_packets >= 1000,
+        "the rest left through AF_XDP: {xsk}"
     );
 }

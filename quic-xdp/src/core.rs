@@ -50,7 +50,9 @@ pub(crate) trait Outbox {
 
 impl Outbox for Vec<Box<dyn PacketIo>> {
     fn send(&mut self, queue: usize, t: &Transmit<'_>) -> io::Result<()> {
-        self[queue].send(t)
+        // A peer whose next hop the kernel has not resolved yet is answered
+        // through the kernel socket meanwhile.
+        datapath::io::send_or_through_kernel(self, queue, t)
     }
 
     fn max_segments(&self, queue: usize) -> usize {
