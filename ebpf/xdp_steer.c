@@ -2,12 +2,18 @@
 //
 // quic-xdp steering program.
 //
-// Redirects UDP datagrams addressed to a configured QUIC listener into the
-// AF_XDP socket bound to the receiving rx queue. Everything else - ARP, ICMP,
-// TCP, other UDP, fragments, IPv6 extension headers, truncated or malformed
-// frames - goes to the kernel untouched (XDP_PASS). If no socket is bound for
-// the queue, bpf_redirect_map's XDP_PASS fallback hands the datagram to the
-// kernel, where the port-reservation socket still receives it.
+// Redirects UDP datagrams addressed to this host's QUIC listener into the
+// AF_XDP socket bound to the receiving rx queue. Only what is ours: the
+// frame's destination MAC must be the interface's and its destination
+// address one of the listener's (a wildcard listener is expanded by
+// userspace into the interface's addresses). Everything else - ARP, ICMP,
+// TCP, other UDP, frames for other hosts (a bridge, promiscuous mode,
+// macvlan neighbours, routed traffic), VLAN-tagged frames, IPv4 options,
+// fragments, IPv6 extension headers, martian sources, truncated or
+// malformed frames - goes to the kernel untouched (XDP_PASS), which applies
+// its own rules. If no socket is bound for the queue, bpf_redirect_map's
+// XDP_PASS fallback hands the datagram to the kernel, where the
+// port-reservation socket still receives it.
 //
 // Userspace (datapath/src/program.rs) fills STEER_TARGETS and XSKS and reads
 // STEER_STATS. Keep the layouts below in sync with it.
@@ -26,8 +32,8 @@
 #define IP_MF_ 0x2000
 #define IP_OFFSET_ 0x1FFF
 
-// Listener key: an exact (family, port, addr) entry, or the wildcard entry
-// with an all-zero address. IPv4 addresses occupy the first 4 bytes.
+// Listener key: (family, port, addr), always an exact local address. IPv4
+// addresses occupy the first 4 bytes.
 struct steer_key {
     __u8 family; // 4 or 6
     __u8 pad;
@@ -45,7 +51,11 @@ enum steer_reason {
     STEER_PASS_MALFORMED = 5, // truncated, bad lengths, bad version
     STEER_PASS_NO_MATCH = 6,  // UDP for another port or address
     STEER_PASS_TOO_BIG = 7,   // matched, but larger than a UMEM frame
-    STEER_REASONS = 8,
+    STEER_PASS_NOT_OURS = 8,  // destination MAC is another host's, or group
+    STEER_PASS_VLAN = 9,      // VLAN-tagged: no VLAN is configured here
+    STEER_PASS_IP_OPTIONS = 10, // IPv4 options (source routes...): kernel rules
+    STEER_PASS_MARTIAN = 11,  // impossible source address or source MAC
+    STEER_REASONS = 12,
 };
 
 // Largest frame an AF_XDP socket can take (its UMEM frame size less
@@ -54,6 +64,10 @@ enum steer_reason {
 // the socket would drop them, so they go to the kernel, which segments them
 // for the port-reservation socket.
 volatile const __u32 MAX_FRAME_LEN = 0;
+
+// The interface's MAC, set at load time: frames to any other destination
+// MAC (another host's, broadcast, multicast) are not ours.
+volatile const __u8 IFACE_MAC[6] = {0};
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
@@ -88,10 +102,39 @@ static __always_inline int verdict(enum steer_reason reason, int action)
 
 static __always_inline int is_listener(struct steer_key *key)
 {
-    if (bpf_map_lookup_elem(&STEER_TARGETS, key))
-        return 1;
-    __builtin_memset(key->addr, 0, sizeof(key->addr));
     return bpf_map_lookup_elem(&STEER_TARGETS, key) != 0;
+}
+
+static __always_inline int mac_is_ours(const __u8 *mac)
+{
+    // Byte by byte: IFACE_MAC is read-only data the verifier knows.
+    for (int i = 0; i < 6; i++)
+        if (mac[i] != IFACE_MAC[i])
+            return 0;
+    return 1;
+}
+
+// Sources no host can send from: "this network", loopback, multicast,
+// reserved/broadcast, or our own destination (a LAND-style reflection).
+static __always_inline int martian_v4(__be32 src, __be32 dst)
+{
+    __u8 first = bpf_ntohl(src) >> 24;
+    return first == 0 || first == 127 || first >= 224 || src == dst;
+}
+
+// Unspecified, loopback, multicast, or IPv4-mapped.
+static __always_inline int martian_v6(const struct in6_addr *src)
+{
+    const __u32 *w = src->in6_u.u6_addr32;
+    if (src->in6_u.u6_addr8[0] == 0xff)
+        return 1;
+    if (w[0] == 0 && w[1] == 0) {
+        if (w[2] == 0 && (w[3] == 0 || w[3] == bpf_htonl(1)))
+            return 1;
+        if (w[2] == bpf_htonl(0xffff))
+            return 1;
+    }
+    return 0;
 }
 
 SEC("xdp")
@@ -111,12 +154,11 @@ int xdp_steer(struct xdp_md *ctx)
     proto = eth->h_proto;
     l3 = eth + 1;
     if (proto == bpf_htons(ETH_P_8021Q_) || proto == bpf_htons(ETH_P_8021AD_)) {
-        // One tag: 2 bytes TCI, 2 bytes inner ethertype.
-        __be16 *tag = l3;
-        if ((void *)(tag + 2) > end)
+        // No VLAN is configured for the endpoint: the kernel's VLAN
+        // devices (if any) decide.
+        if ((void *)((__u8 *)l3 + 4) > end)
             return verdict(STEER_PASS_MALFORMED, XDP_PASS);
-        proto = tag[1];
-        l3 = tag + 2;
+        return verdict(STEER_PASS_VLAN, XDP_PASS);
     }
 
     if (proto == bpf_htons(ETH_P_IP)) {
@@ -133,6 +175,12 @@ int xdp_steer(struct xdp_md *ctx)
             return verdict(STEER_PASS_FRAGMENT, XDP_PASS);
         if (ip->protocol != IPPROTO_UDP)
             return verdict(STEER_PASS_NOT_UDP, XDP_PASS);
+        // QUIC clients send no IP options; source routes and the like are
+        // the kernel's to accept or drop.
+        if (hdr_len != sizeof(*ip))
+            return verdict(STEER_PASS_IP_OPTIONS, XDP_PASS);
+        if (martian_v4(ip->saddr, ip->daddr))
+            return verdict(STEER_PASS_MARTIAN, XDP_PASS);
         udp = l3 + hdr_len;
         l4_room = total - hdr_len;
         key.family = 4;
@@ -147,6 +195,8 @@ int xdp_steer(struct xdp_md *ctx)
         // Extension headers (fragments included) are left to the kernel.
         if (ip6->nexthdr != IPPROTO_UDP)
             return verdict(STEER_PASS_NOT_UDP, XDP_PASS);
+        if (martian_v6(&ip6->saddr))
+            return verdict(STEER_PASS_MARTIAN, XDP_PASS);
         udp = (void *)(ip6 + 1);
         key.family = 6;
         __builtin_memcpy(key.addr, &ip6->daddr, 16);
@@ -163,6 +213,12 @@ int xdp_steer(struct xdp_md *ctx)
     key.port = udp->dest;
     if (!is_listener(&key))
         return verdict(STEER_PASS_NO_MATCH, XDP_PASS);
+    // Ours by address; also by link: not a frame for another host that
+    // reached us (bridge, promiscuous mode), nor from a group address.
+    if (!mac_is_ours(eth->h_dest))
+        return verdict(STEER_PASS_NOT_OURS, XDP_PASS);
+    if (eth->h_source[0] & 1)
+        return verdict(STEER_PASS_MARTIAN, XDP_PASS);
     if (MAX_FRAME_LEN && end - data > MAX_FRAME_LEN)
         return verdict(STEER_PASS_TOO_BIG, XDP_PASS);
 

@@ -3,9 +3,15 @@
 //! XDP-specific (privilege, driver, loopback) and says why; errors a user
 //! must fix (unknown interface, port in use) fail in every mode.
 
-use std::{fmt, net::SocketAddr, str::FromStr};
+use std::{
+    fmt,
+    net::SocketAddr,
+    str::FromStr,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use crate::{
+    addresses::{AddressWatcher, interface_addresses},
     counters::CounterSnapshot,
     error::{Error, Result},
     iface::InterfaceInfo,
@@ -129,7 +135,10 @@ impl fmt::Display for ActiveMode {
 pub struct Datapath {
     queues: Vec<Box<dyn PacketIo>>,
     mode: ActiveMode,
-    steering: Option<SteeringProgram>,
+    /// Follows the interface's addresses into the program's listener map;
+    /// dropped (stopped) before the program.
+    _address_watcher: Option<AddressWatcher>,
+    steering: Option<Arc<Mutex<SteeringProgram>>>,
     local: SocketAddr,
 }
 
@@ -168,6 +177,7 @@ impl Datapath {
         Ok(Self {
             queues: vec![Box::new(queue)],
             mode: ActiveMode::Udp { fallback_reason },
+            _address_watcher: None,
             steering: None,
             local,
         })
@@ -212,7 +222,9 @@ impl Datapath {
                 info.rx_queues
             )));
         }
-        let mut steering = SteeringProgram::load(info.rx_queues, Some(crate::xsk::MAX_FRAME_LEN))?;
+        let mut steering =
+            SteeringProgram::load(info.rx_queues, Some(crate::xsk::MAX_FRAME_LEN), info.mac)?;
+        steering.set_local_addresses(&interface_addresses(&name)?)?;
         steering.add_listener(config.listen)?;
         let attach = steering.attach(&name, config.attach)?;
         let zero_copy = match (attach, config.zero_copy) {
@@ -256,6 +268,15 @@ impl Datapath {
         }
         let local = reservation.local_addr();
         queues.push(Box::new(reservation));
+        let steering = Arc::new(Mutex::new(steering));
+        let watched = steering.clone();
+        let addresses = AddressWatcher::start(name.clone(), move |addrs| {
+            let mut prog = watched.lock().unwrap_or_else(PoisonError::into_inner);
+            match prog.set_local_addresses(addrs) {
+                Ok(()) => tracing::debug!(?addrs, "steering the interface's addresses"),
+                Err(e) => tracing::warn!(error = %e, "updating the steered addresses"),
+            }
+        })?;
         let mode = ActiveMode::Xdp {
             interface: name,
             attach,
@@ -266,6 +287,7 @@ impl Datapath {
         Ok(Self {
             queues,
             mode,
+            _address_watcher: Some(addresses),
             steering: Some(steering),
             local,
         })
@@ -331,11 +353,13 @@ impl Datapath {
 
     /// The steering program's verdict counts (XDP mode only).
     pub fn steering_stats(&self) -> Option<SteerStats> {
-        self.steering.as_ref().and_then(|s| s.stats().ok())
+        self.steering().and_then(|s| s.stats().ok())
     }
 
-    pub fn steering(&self) -> Option<&SteeringProgram> {
-        self.steering.as_ref()
+    pub fn steering(&self) -> Option<std::sync::MutexGuard<'_, SteeringProgram>> {
+        self.steering
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Counters summed over the queues still held here.

@@ -6,10 +6,13 @@
 //! exits, since aya attaches through a bpf_link owned by this process.
 
 use std::{
+    collections::HashSet,
     fmt,
     net::{IpAddr, SocketAddr},
     os::fd::{AsFd, AsRawFd},
 };
+
+use smoltcp::wire::EthernetAddress;
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -26,10 +29,11 @@ const TARGETS_MAP: &str = "STEER_TARGETS";
 const SOCKETS_MAP: &str = "XSKS";
 const STATS_MAP: &str = "STEER_STATS";
 const MAX_FRAME_GLOBAL: &str = "MAX_FRAME_LEN";
+const MAC_GLOBAL: &str = "IFACE_MAC";
 
 /// `struct steer_key` in the C program.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct SteerKey {
     family: u8,
     pad: u8,
@@ -56,21 +60,25 @@ impl SteerKey {
         }
     }
 
-    /// The keys that make the program steer datagrams for `listen`: an
-    /// exact entry, or wildcard entries for an unspecified address (`[::]`
-    /// also covers IPv4, as a dual-stack socket does).
-    fn for_listener(listen: SocketAddr) -> Vec<Self> {
+    /// The keys that make the program steer datagrams for `listen`, given
+    /// the interface's addresses `local`: the exact address, or, for an
+    /// unspecified one, each local address of its family (`[::]` also
+    /// covers IPv4, as a dual-stack socket does). Never a wildcard: what
+    /// is sent to an address that is not ours is not steered.
+    fn for_listener(listen: SocketAddr, local: &[IpAddr]) -> Vec<Self> {
         let port = listen.port();
+        let key = |ip: IpAddr| match ip.to_canonical() {
+            v4 @ IpAddr::V4(_) => Self::new(4, Some(v4), port),
+            v6 => Self::new(6, Some(v6), port),
+        };
         match listen.ip() {
-            IpAddr::V4(v4) if v4.is_unspecified() => vec![Self::new(4, None, port)],
-            IpAddr::V6(v6) if v6.is_unspecified() => {
-                vec![Self::new(4, None, port), Self::new(6, None, port)]
-            }
-            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
-                vec![Self::new(4, v6.to_ipv4_mapped().map(IpAddr::V4), port)]
-            }
-            ip @ IpAddr::V4(_) => vec![Self::new(4, Some(ip), port)],
-            ip @ IpAddr::V6(_) => vec![Self::new(6, Some(ip), port)],
+            IpAddr::V4(v4) if v4.is_unspecified() => local
+                .iter()
+                .filter(|ip| ip.is_ipv4())
+                .map(|&ip| key(ip))
+                .collect(),
+            IpAddr::V6(v6) if v6.is_unspecified() => local.iter().map(|&ip| key(ip)).collect(),
+            ip => vec![key(ip)],
         }
     }
 }
@@ -86,10 +94,14 @@ pub enum SteerReason {
     PassMalformed = 5,
     PassNoMatch = 6,
     PassTooBig = 7,
+    PassNotOurs = 8,
+    PassVlan = 9,
+    PassIpOptions = 10,
+    PassMartian = 11,
 }
 
 impl SteerReason {
-    pub const ALL: [SteerReason; 8] = [
+    pub const ALL: [SteerReason; 12] = [
         Self::Redirected,
         Self::PassNoSocket,
         Self::PassNotIp,
@@ -98,6 +110,10 @@ impl SteerReason {
         Self::PassMalformed,
         Self::PassNoMatch,
         Self::PassTooBig,
+        Self::PassNotOurs,
+        Self::PassVlan,
+        Self::PassIpOptions,
+        Self::PassMartian,
     ];
 
     pub fn name(self) -> &'static str {
@@ -110,6 +126,10 @@ impl SteerReason {
             Self::PassMalformed => "pass_malformed",
             Self::PassNoMatch => "pass_no_match",
             Self::PassTooBig => "pass_too_big",
+            Self::PassNotOurs => "pass_not_ours",
+            Self::PassVlan => "pass_vlan",
+            Self::PassIpOptions => "pass_ip_options",
+            Self::PassMartian => "pass_martian",
         }
     }
 }
@@ -209,6 +229,11 @@ impl AttachPreference {
 pub struct SteeringProgram {
     ebpf: Ebpf,
     attached: Option<(String, AttachMode)>,
+    listeners: Vec<SocketAddr>,
+    /// The interface's addresses: what wildcard listeners expand to.
+    local: Vec<IpAddr>,
+    /// The keys in the listener map.
+    installed: HashSet<SteerKey>,
 }
 
 impl fmt::Debug for SteeringProgram {
@@ -223,13 +248,15 @@ impl SteeringProgram {
     /// Loads the program into the kernel (verifier included) without
     /// attaching it. `max_queues` sizes the socket map: rx queue indices
     /// from 0 to `max_queues - 1` can be bound. Matching frames longer than
-    /// `max_frame_len` (when given) are left to the kernel.
-    pub fn load(max_queues: u32, max_frame_len: Option<u32>) -> Result<Self> {
+    /// `max_frame_len` (when given) are left to the kernel, and so are
+    /// frames whose destination MAC is not `mac` (the interface's).
+    pub fn load(max_queues: u32, max_frame_len: Option<u32>, mac: EthernetAddress) -> Result<Self> {
         let permission = |e: &(dyn std::error::Error + 'static)| is_permission_denied(e);
         let max_frame_len = max_frame_len.unwrap_or(0);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(SOCKETS_MAP, max_queues.max(1))
             .override_global(MAX_FRAME_GLOBAL, &max_frame_len, true)
+            .override_global(MAC_GLOBAL, &mac.0, true)
             .load(PROGRAM_OBJECT)
             .map_err(|e| {
                 if permission(&e) {
@@ -255,20 +282,50 @@ impl SteeringProgram {
         Ok(Self {
             ebpf,
             attached: None,
+            listeners: Vec::new(),
+            local: Vec::new(),
+            installed: HashSet::new(),
         })
     }
 
     /// Steers datagrams addressed to `listen` (address and port; an
-    /// unspecified address matches any).
+    /// unspecified address stands for the interface's addresses, see
+    /// [`set_local_addresses`](Self::set_local_addresses)).
     pub fn add_listener(&mut self, listen: SocketAddr) -> Result<()> {
+        self.listeners.push(listen);
+        self.sync_targets()
+    }
+
+    /// The interface's addresses, now: wildcard listeners steer exactly
+    /// these. Call again when they change.
+    pub fn set_local_addresses(&mut self, local: &[IpAddr]) -> Result<()> {
+        self.local = local.to_vec();
+        self.sync_targets()
+    }
+
+    /// Makes the listener map hold exactly the keys the listeners and
+    /// local addresses call for.
+    fn sync_targets(&mut self) -> Result<()> {
+        let wanted: HashSet<SteerKey> = self
+            .listeners
+            .iter()
+            .flat_map(|&l| SteerKey::for_listener(l, &self.local))
+            .collect();
         let mut targets: HashMap<_, SteerKey, u8> =
             HashMap::try_from(self.ebpf.map_mut(TARGETS_MAP).expect("map in object"))
                 .map_err(|e| Error::Load(Box::new(e)))?;
-        for key in SteerKey::for_listener(listen) {
+        for key in self.installed.difference(&wanted) {
+            match targets.remove(key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(Error::Load(chain(&e).into())),
+            }
+        }
+        for key in wanted.difference(&self.installed) {
             targets
-                .insert(key, 1, 0)
+                .insert(*key, 1, 0)
                 .map_err(|e| Error::Load(chain(&e).into()))?;
         }
+        self.installed = wanted;
         Ok(())
     }
 
@@ -407,19 +464,25 @@ mod tests {
 
     #[test]
     fn listener_keys() {
-        let keys = SteerKey::for_listener("[::]:4433".parse().unwrap());
-        assert_eq!(keys.len(), 2);
-        assert!(
-            keys.iter()
-                .all(|k| k.addr == [0; 16] && k.port_be == 4433u16.to_be())
+        let local: Vec<IpAddr> = vec!["10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap()];
+        let keys = SteerKey::for_listener("[::]:4433".parse().unwrap(), &local);
+        assert_eq!(
+            keys,
+            vec![
+                SteerKey::new(4, Some(local[0]), 4433),
+                SteerKey::new(6, Some(local[1]), 4433)
+            ]
         );
-        let keys = SteerKey::for_listener("10.0.0.2:443".parse().unwrap());
+        let keys = SteerKey::for_listener("0.0.0.0:4433".parse().unwrap(), &local);
+        assert_eq!(keys, vec![SteerKey::new(4, Some(local[0]), 4433)]);
+        assert!(SteerKey::for_listener("[::]:4433".parse().unwrap(), &[]).is_empty());
+        let keys = SteerKey::for_listener("10.0.0.2:443".parse().unwrap(), &local);
         assert_eq!(
             keys,
             vec![SteerKey::new(4, Some("10.0.0.2".parse().unwrap()), 443)]
         );
         assert_eq!(&keys[0].addr[..4], &[10, 0, 0, 2]);
-        let keys = SteerKey::for_listener("[::ffff:10.0.0.2]:443".parse().unwrap());
+        let keys = SteerKey::for_listener("[::ffff:10.0.0.2]:443".parse().unwrap(), &local);
         assert_eq!(keys[0].family, 4);
         assert_eq!(size_of::<SteerKey>(), 20);
     }

@@ -247,8 +247,8 @@ fn bound_queue_gets_the_redirect_verdict() {
         let prog = dp.steering().unwrap();
         let frame = |dst: &str| {
             let route = datapath::wire::FrameRoute {
-                src_mac: smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 1]),
-                dst_mac: smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 2]),
+                src_mac: smoltcp::wire::EthernetAddress([2, 0x77, 0, 0, 0, 1]),
+                dst_mac: smoltcp::wire::EthernetAddress([2, 0x77, 0, 0, 0, 2]),
                 vlan: None,
             };
             let (src, dst): (SocketAddr, SocketAddr) =
@@ -822,4 +822,69 @@ fn replies_use_the_kernels_neighbour_table_not_frame_sources() {
         xsk.tx_packets >= 1000,
         "the rest left through AF_XDP: {xsk}"
     );
+}
+
+/// A wildcard listener steers the server's own addresses only, and follows
+/// them: a datagram sent through the server's MAC to a neighbour's address
+/// on the segment is left to the kernel (which does not forward it) and
+/// never answered; an address added while serving is steered.
+#[test]
+fn only_the_servers_addresses_are_steered_and_they_are_followed() {
+    let Some(net) = testnet(TestNetConfig::default()) else {
+        return;
+    };
+    let server = EchoServer::start(&net, xdp_config("[::]:4433")).unwrap();
+    // The client reaches 10.77.0.3 (not the server's) through the server's
+    // MAC, as a host on a bridge or a router could.
+    net.client
+        .ip(&[
+            "neigh",
+            "replace",
+            "10.77.0.3",
+            "lladdr",
+            TestNet::SERVER_MAC,
+            "dev",
+            TestNet::CLIENT_IF,
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    let neighbour: SocketAddr = "10.77.0.3:4433".parse().unwrap();
+    let r = run_load(
+        &net,
+        EchoLoad {
+            count: 50,
+            size: 100,
+            window: 50,
+            idle_timeout: Duration::from_millis(500),
+            ..EchoLoad::new(neighbour)
+        },
+    );
+    assert_eq!(
+        (r.sent, r.received),
+        (50, 0),
+        "answered for a neighbour: {r:?}"
+    );
+
+    // An address added while serving: steered once the watcher saw it.
+    net.server
+        .ip(&["addr", "add", "10.77.0.4/24", "dev", TestNet::SERVER_IF])
+        .unwrap();
+    let added: SocketAddr = "10.77.0.4:4433".parse().unwrap();
+    // The watcher reacts to the kernel's address event within
+    // milliseconds; before it does, datagrams would reach the kernel socket
+    // (a steering miss, asserted absent below).
+    std::thread::sleep(Duration::from_millis(500));
+    let r = load(&net, added, 20, 100, 1);
+    assert_all_echoed(&r, 20, "the added address");
+    let report = server.stop();
+    let steering = report.steering.unwrap();
+    use datapath::program::SteerReason::*;
+    assert!(steering.get(PassNoMatch) >= 50, "{steering}");
+    assert_eq!(
+        report.misses().rx_packets,
+        0,
+        "the new address was steered, not missed"
+    );
+    assert!(report.xsk().tx_packets >= 20, "{:?}", report.xsk());
 }

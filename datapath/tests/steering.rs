@@ -2,7 +2,7 @@
 //! BPF_PROG_TEST_RUN. Each case asserts the return code and that exactly
 //! the expected reason counter moved.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use datapath::{
     program::{SteerReason, SteeringProgram, XdpAction},
@@ -12,10 +12,24 @@ use smoltcp::wire::{EthernetAddress, Ipv4Packet};
 
 const PORT: u16 = 4433;
 
+/// The interface's MAC and addresses in these tests.
+const OUR_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 2]);
+const OUR_ADDRESSES: [&str; 2] = ["10.1.0.2", "fd01::2"];
+
+fn local() -> Vec<IpAddr> {
+    OUR_ADDRESSES.iter().map(|a| a.parse().unwrap()).collect()
+}
+
+fn load(max_queues: u32, max_frame_len: Option<u32>) -> SteeringProgram {
+    let mut prog = SteeringProgram::load(max_queues, max_frame_len, OUR_MAC).unwrap();
+    prog.set_local_addresses(&local()).unwrap();
+    prog
+}
+
 fn udp_frame(src: &str, dst: &str, vlan: Option<u16>, payload: &[u8]) -> Vec<u8> {
     let route = FrameRoute {
         src_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
-        dst_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
+        dst_mac: OUR_MAC,
         vlan,
     };
     let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
@@ -65,7 +79,7 @@ fn assert_verdict(
 }
 
 fn any_address_program() -> SteeringProgram {
-    let mut prog = SteeringProgram::load(4, None).unwrap();
+    let mut prog = load(4, None);
     prog.add_listener(format!("[::]:{PORT}").parse().unwrap())
         .unwrap();
     prog
@@ -92,14 +106,6 @@ fn quic_datagrams_match_and_fall_back_to_pass_without_a_socket() {
             ),
         ),
         (
-            "vlan ipv4",
-            udp_frame("10.1.0.1:1", &format!("10.1.0.2:{PORT}"), Some(7), b"q"),
-        ),
-        (
-            "vlan ipv6",
-            udp_frame("[fd01::1]:1", &format!("[fd01::2]:{PORT}"), Some(7), b"q"),
-        ),
-        (
             "empty payload",
             udp_frame("10.1.0.1:1", &format!("10.1.0.2:{PORT}"), None, b""),
         ),
@@ -108,20 +114,133 @@ fn quic_datagrams_match_and_fall_back_to_pass_without_a_socket() {
             f.resize(60, 0);
             f
         }),
-        ("ipv4 options", {
-            let f = v4(PORT);
-            let mut g = f[..34].to_vec();
-            g.extend_from_slice(&[1, 1, 1, 0]);
-            g.extend_from_slice(&f[34..]);
-            edit_ipv4(g, |ip| {
-                ip.set_header_len(24);
-                ip.set_total_len(ip.total_len() + 4);
-            })
-        }),
     ];
     for (name, frame) in cases {
         assert_verdict(&prog, name, &frame, Pass, PassNoSocket);
     }
+}
+
+/// Only what is ours is steered: our MAC, our addresses, plausible
+/// sources, no VLAN tag, no IP options. The rest is the kernel's.
+#[test]
+fn frames_not_ours_go_to_the_kernel_with_their_reason() {
+    if !datapath::testbed::privileged() {
+        return;
+    }
+    let prog = any_address_program();
+    use SteerReason::*;
+    use XdpAction::Pass;
+    let with_macs = |dst: [u8; 6], src: [u8; 6]| {
+        let mut f = v4(PORT);
+        f[..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&src);
+        f
+    };
+    let host = [2, 0, 0, 0, 0, 1];
+    let cases: Vec<(&str, Vec<u8>, SteerReason)> = vec![
+        (
+            "another host's MAC",
+            with_macs([2, 0, 0, 0, 0, 3], host),
+            PassNotOurs,
+        ),
+        ("broadcast MAC", with_macs([0xff; 6], host), PassNotOurs),
+        (
+            "multicast MAC",
+            with_macs([1, 0, 0x5e, 0, 0, 1], host),
+            PassNotOurs,
+        ),
+        (
+            "group source MAC",
+            with_macs(OUR_MAC.0, [3, 0, 0, 0, 0, 1]),
+            PassMartian,
+        ),
+        (
+            "a neighbour's address",
+            udp_frame("10.1.0.1:1", &format!("10.1.0.3:{PORT}"), None, b"q"),
+            PassNoMatch,
+        ),
+        (
+            "a neighbour's v6 address",
+            udp_frame("[fd01::1]:1", &format!("[fd01::3]:{PORT}"), None, b"q"),
+            PassNoMatch,
+        ),
+        (
+            "vlan ipv4",
+            udp_frame("10.1.0.1:1", &format!("10.1.0.2:{PORT}"), Some(7), b"q"),
+            PassVlan,
+        ),
+        (
+            "vlan ipv6",
+            udp_frame("[fd01::1]:1", &format!("[fd01::2]:{PORT}"), Some(7), b"q"),
+            PassVlan,
+        ),
+        (
+            "ipv4 options (loose source route)",
+            {
+                let f = v4(PORT);
+                let mut g = f[..34].to_vec();
+                g.extend_from_slice(&[0x83, 3, 4, 0]);
+                g.extend_from_slice(&f[34..]);
+                edit_ipv4(g, |ip| {
+                    ip.set_header_len(24);
+                    ip.set_total_len(ip.total_len() + 4);
+                })
+            },
+            PassIpOptions,
+        ),
+    ];
+    for (name, frame, reason) in cases {
+        assert_verdict(&prog, name, &frame, Pass, reason);
+    }
+    for src in [
+        "0.0.0.1",
+        "127.0.0.1",
+        "224.0.0.1",
+        "240.0.0.1",
+        "255.255.255.255",
+        "10.1.0.2",
+    ] {
+        let f = udp_frame(&format!("{src}:1"), &format!("10.1.0.2:{PORT}"), None, b"q");
+        assert_verdict(&prog, &format!("source {src}"), &f, Pass, PassMartian);
+    }
+    for src in ["::", "::1", "ff02::1", "::ffff:10.1.0.1"] {
+        let f = udp_frame(
+            &format!("[{src}]:1"),
+            &format!("[fd01::2]:{PORT}"),
+            None,
+            b"q",
+        );
+        assert_verdict(&prog, &format!("source {src}"), &f, Pass, PassMartian);
+    }
+    // Link-local and ordinary sources are fine.
+    let ll = udp_frame("[fe80::1]:1", &format!("[fd01::2]:{PORT}"), None, b"q");
+    assert_verdict(&prog, "link-local source", &ll, Pass, PassNoSocket);
+}
+
+/// A wildcard listener follows the interface's addresses.
+#[test]
+fn wildcard_listeners_follow_address_changes() {
+    if !datapath::testbed::privileged() {
+        return;
+    }
+    let mut prog = any_address_program();
+    use SteerReason::*;
+    use XdpAction::Pass;
+    let to = |dst: &str| udp_frame("10.1.0.1:1", &format!("{dst}:{PORT}"), None, b"q");
+    assert_verdict(
+        &prog,
+        "10.1.0.2 before",
+        &to("10.1.0.2"),
+        Pass,
+        PassNoSocket,
+    );
+    assert_verdict(&prog, "10.1.0.9 before", &to("10.1.0.9"), Pass, PassNoMatch);
+    prog.set_local_addresses(&["10.1.0.9".parse().unwrap()])
+        .unwrap();
+    assert_verdict(&prog, "10.1.0.2 after", &to("10.1.0.2"), Pass, PassNoMatch);
+    assert_verdict(&prog, "10.1.0.9 after", &to("10.1.0.9"), Pass, PassNoSocket);
+    prog.set_local_addresses(&[]).unwrap();
+    assert_verdict(&prog, "no address", &to("10.1.0.9"), Pass, PassNoMatch);
 }
 
 #[test]
@@ -241,7 +360,7 @@ fn an_address_listener_only_matches_its_address_and_family() {
     if !datapath::testbed::privileged() {
         return;
     }
-    let mut prog = SteeringProgram::load(1, None).unwrap();
+    let mut prog = load(1, None);
     prog.add_listener(format!("10.1.0.2:{PORT}").parse().unwrap())
         .unwrap();
     use SteerReason::*;
@@ -253,7 +372,7 @@ fn an_address_listener_only_matches_its_address_and_family() {
     assert_verdict(&prog, "ipv6 to an ipv4 listener", &v6, Pass, PassNoMatch);
 
     // An IPv4-only wildcard leaves IPv6 to the kernel.
-    let mut prog = SteeringProgram::load(1, None).unwrap();
+    let mut prog = load(1, None);
     prog.add_listener(format!("0.0.0.0:{PORT}").parse().unwrap())
         .unwrap();
     assert_verdict(&prog, "v4 wildcard", &v4(PORT), Pass, PassNoSocket);
@@ -265,7 +384,7 @@ fn a_program_with_no_listener_matches_nothing() {
     if !datapath::testbed::privileged() {
         return;
     }
-    let prog = SteeringProgram::load(1, None).unwrap();
+    let prog = load(1, None);
     assert_verdict(
         &prog,
         "no listener",
@@ -280,7 +399,7 @@ fn matching_frames_larger_than_a_umem_frame_go_to_the_kernel() {
     if !datapath::testbed::privileged() {
         return;
     }
-    let mut prog = SteeringProgram::load(1, Some(1000)).unwrap();
+    let mut prog = load(1, Some(1000));
     prog.add_listener(format!("[::]:{PORT}").parse().unwrap())
         .unwrap();
     let fits = udp_frame("10.1.0.1:1", &format!("10.1.0.2:{PORT}"), None, &[0; 958]);
