@@ -71,8 +71,8 @@ impl ServerArgs {
 pub fn print_stats(stats: &EndpointStats) {
     let a = stats.admission;
     println!(
-        "connections: accepted {} refused {} retried {} forwarded datagrams {}",
-        a.accepted, a.refused, a.retried, a.forwarded
+        "connections: accepted {} refused {} retried {} forwarded datagrams {} (dropped {})",
+        a.accepted, a.refused, a.retried, a.forwarded, a.forward_dropped
     );
     for (kind, counters) in &stats.queues {
         println!("  {kind:?}: {counters}");

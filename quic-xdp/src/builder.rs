@@ -220,9 +220,9 @@ impl QuicConfig {
     pub fn endpoints(&self, engines: usize) -> (Vec<quinn_proto::Endpoint>, CidScheme) {
         let derive =
             |label: &[u8]| hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &self.secret), label);
-        let cid_key = derive(b"quic-xdp cid check").as_ref()[..8]
+        let cid_key = derive(b"quic-xdp cid check").as_ref()[..crate::cid::CID_KEY_LEN]
             .try_into()
-            .expect("8 bytes");
+            .expect("16 bytes");
         let cids = CidScheme::new(engines, cid_key);
         let reset_key: Arc<dyn HmacKey> = Arc::new(hmac::Key::new(
             hmac::HMAC_SHA256,

@@ -1,56 +1,67 @@
 //! Connection IDs that name the engine owning the connection, and routing
 //! of received datagrams by them.
 //!
-//! Server-chosen CIDs are `[engine, check, 6 random bytes]`, `check` a
-//! keyed byte over the rest, so client-chosen CIDs rarely look like ours.
+//! Server-chosen CIDs are `[engine ^ p0, p1, 6 random bytes]`, where
+//! `p0, p1` come from a keyed PRF (SipHash-1-3, key from the endpoint
+//! secret) over the random bytes. The engine index is masked and the check
+//! unforgeable: an observer of any number of CIDs learns neither, so it
+//! cannot aim traffic at one engine (a guessed CID names a chosen engine
+//! about once in 65536), and client-chosen CIDs rarely look like ours.
 //! A datagram whose destination CID is ours goes to its engine; any other
 //! (a client's first-flight Initial or 0-RTT) stays with the engine whose
 //! queue received it, which then owns the connection. Routing depends only
 //! on the CID and the arrival queue, so retransmissions route alike; with
 //! RSS a flow stays on one queue, so forwarding between engines is rare.
 
+use std::hash::Hasher;
+
 use quinn_proto::{ConnectionId, ConnectionIdGenerator, InvalidCid};
 use ring::rand::{SecureRandom, SystemRandom};
+use siphasher::sip::SipHasher13;
 
 pub(crate) const CID_LEN: usize = 8;
+/// The PRF key's length.
+pub(crate) const CID_KEY_LEN: usize = 16;
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CidScheme {
     engines: usize,
-    key: [u8; CID_LEN],
+    key: [u8; CID_KEY_LEN],
 }
 
 impl CidScheme {
     /// `key` makes our CIDs recognizable; kept across restarts (see
     /// `EndpointBuilder::reset_secret`) it recognizes an earlier run's CIDs.
-    pub fn new(engines: usize, key: [u8; CID_LEN]) -> Self {
+    pub fn new(engines: usize, key: [u8; CID_KEY_LEN]) -> Self {
         assert!((1..=256).contains(&engines), "at most 256 engines");
         Self { engines, key }
     }
 
     #[cfg(test)]
     fn random(engines: usize) -> Self {
-        let mut key = [0; CID_LEN];
+        let mut key = [0; CID_KEY_LEN];
         SystemRandom::new()
             .fill(&mut key)
             .expect("system randomness");
         Self::new(engines, key)
     }
 
-    fn check(&self, cid: &[u8]) -> u8 {
-        // Not a MAC: a forged CID can only pick which engine ignores it.
-        let mut x = self.key[0] ^ cid[0];
-        for (i, b) in cid[2..].iter().enumerate() {
-            x = x.rotate_left(3) ^ b ^ self.key[i + 1];
-        }
-        x
+    /// The engine mask and the check byte for a CID's random part.
+    fn prf(&self, random: &[u8]) -> (u8, u8) {
+        let mut h = SipHasher13::new_with_key(&self.key);
+        h.write(random);
+        let [mask, check, ..] = h.finish().to_le_bytes();
+        (mask, check)
     }
 
     /// The engine that issued `cid`, if we did.
     pub fn owner(&self, cid: &[u8]) -> Option<usize> {
-        let ours =
-            cid.len() == CID_LEN && usize::from(cid[0]) < self.engines && cid[1] == self.check(cid);
-        ours.then(|| usize::from(cid[0]))
+        if cid.len() != CID_LEN {
+            return None;
+        }
+        let (mask, check) = self.prf(&cid[2..]);
+        let engine = usize::from(cid[0] ^ mask);
+        (cid[1] == check && engine < self.engines).then_some(engine)
     }
 
     /// The engine that must handle `datagram`, which arrived at `arrival`.
@@ -89,9 +100,10 @@ pub(crate) struct EngineCids {
 impl ConnectionIdGenerator for EngineCids {
     fn generate_cid(&mut self) -> ConnectionId {
         let mut cid = [0; CID_LEN];
-        cid[0] = self.engine;
         self.random.fill(&mut cid[2..]).expect("system randomness");
-        cid[1] = self.scheme.check(&cid);
+        let (mask, check) = self.scheme.prf(&cid[2..]);
+        cid[0] = self.engine ^ mask;
+        cid[1] = check;
         ConnectionId::new(&cid)
     }
 
@@ -164,6 +176,17 @@ mod tests {
         // A random CID passes the check byte about once in 256 and names
         // a valid engine in 4 of 256 first bytes: about 1 in 16000.
         assert!(misrouted < 10, "{misrouted}");
+        // The first byte of our CIDs says nothing about their engine.
+        let mut firsts = std::collections::HashSet::new();
+        let mut generator = scheme.generator(0);
+        for _ in 0..1000 {
+            firsts.insert(generator.generate_cid()[0]);
+        }
+        assert!(
+            firsts.len() > 200,
+            "engine byte not masked: {}",
+            firsts.len()
+        );
         // Other lengths (clients may pick up to 20 bytes) are never ours.
         assert_eq!(scheme.route(&long_header(&[0; 20]), 2), 2);
         assert_eq!(scheme.route(&[], 1), 1);
@@ -172,7 +195,7 @@ mod tests {
 
     #[test]
     fn a_scheme_with_the_same_key_recognizes_earlier_cids() {
-        let key = [3u8; CID_LEN];
+        let key = [3u8; CID_KEY_LEN];
         let before = CidScheme::new(2, key);
         let after = CidScheme::new(2, key);
         let mut generator = before.generator(1);
@@ -182,7 +205,7 @@ mod tests {
             assert!(after.generator(0).validate(&cid).is_ok());
         }
         assert_eq!(
-            CidScheme::new(2, [4; CID_LEN]).owner(&generator.generate_cid()),
+            CidScheme::new(2, [4; CID_KEY_LEN]).owner(&generator.generate_cid()),
             None
         );
     }

@@ -35,6 +35,8 @@ pub struct EndpointCounters {
     pub retried: u64,
     /// Datagrams received by one engine for a connection another owns.
     pub forwarded: u64,
+    /// Such datagrams dropped because the owner's inbox was full.
+    pub forward_dropped: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -226,17 +226,17 @@ impl Engine {
                 }
             }
         }
-        let mut forwarded = 0;
+        let (mut forwarded, mut dropped) = (0, 0);
         for (owner, list) in outbox.iter_mut().enumerate() {
             if !list.is_empty() {
                 forwarded += list.len() as u64;
-                let engine = &peers.engines[owner];
-                engine.inbox.lock().unwrap().append(list);
-                engine.waker.wake();
+                dropped += peers.engines[owner].forward(list) as u64;
             }
         }
         if forwarded > 0 {
-            core.shared().endpoint.stats.lock().unwrap().forwarded += forwarded;
+            let mut stats = core.shared().endpoint.stats.lock().unwrap();
+            stats.forwarded += forwarded - dropped;
+            stats.forward_dropped += dropped;
         }
         total
     }

@@ -105,6 +105,10 @@ pub(crate) struct Forwarded {
     pub via_kernel: bool,
 }
 
+/// Forwarded datagrams an engine holds at most: a flood of datagrams that
+/// name another engine's CIDs cannot grow its inbox without bound.
+pub(crate) const INBOX_LIMIT: usize = 4096;
+
 /// What one engine shares with the tokio side and the other engines.
 pub(crate) struct EngineShared {
     pub waker: EngineWaker,
@@ -125,6 +129,23 @@ impl EngineShared {
             inbox: Mutex::new(Vec::new()),
             endpoint,
         }
+    }
+
+    /// Hands datagrams another engine received to this one, up to
+    /// [`INBOX_LIMIT`] waiting; returns how many were dropped for want of
+    /// room (QUIC recovers them as losses). Empties `list`.
+    pub fn forward(&self, list: &mut Vec<Forwarded>) -> usize {
+        let dropped = {
+            let mut inbox = self.inbox.lock().unwrap();
+            let room = INBOX_LIMIT.saturating_sub(inbox.len());
+            let dropped = list.len().saturating_sub(room);
+            list.truncate(list.len() - dropped);
+            inbox.append(list);
+            dropped
+        };
+        list.clear();
+        self.waker.wake();
+        dropped
     }
 
     pub fn command(&self, command: Command) {
@@ -354,5 +375,36 @@ fn wake_all(list: &mut Vec<Waker>) {
 pub(crate) fn push_waker(list: &mut Vec<Waker>, waker: &Waker) {
     if !list.iter().any(|w| w.will_wake(waker)) {
         list.push(waker.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(n: usize) -> Vec<Forwarded> {
+        (0..n)
+            .map(|_| Forwarded {
+                remote: "10.0.0.1:1".parse().unwrap(),
+                local: "10.0.0.2".parse().unwrap(),
+                ecn: None,
+                data: bytes::BytesMut::from(&b"x"[..]),
+                via_kernel: false,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_inbox_is_bounded_and_counts_what_it_drops() {
+        let engine = EngineShared::new(Arc::default());
+        let mut list = forwarded(INBOX_LIMIT - 10);
+        assert_eq!(engine.forward(&mut list), 0);
+        assert!(list.is_empty());
+        let mut list = forwarded(25);
+        assert_eq!(engine.forward(&mut list), 15);
+        assert_eq!(engine.inbox.lock().unwrap().len(), INBOX_LIMIT);
+        // Drained by the engine: room again.
+        engine.inbox.lock().unwrap().clear();
+        assert_eq!(engine.forward(&mut forwarded(5)), 0);
     }
 }
