@@ -55,7 +55,10 @@ enum steer_reason {
     STEER_PASS_VLAN = 9,      // VLAN-tagged: no VLAN is configured here
     STEER_PASS_IP_OPTIONS = 10, // IPv4 options (source routes...): kernel rules
     STEER_PASS_MARTIAN = 11,  // impossible source address or source MAC
-    STEER_REASONS = 12,
+    STEER_DROP_NOT_QUIC = 12, // shorter than any QUIC packet to us can be
+    STEER_DROP_SHORT_INITIAL = 13, // client Initial in a datagram < 1200 B
+    STEER_DROP_INITIAL_RATE = 14,  // source over its Initial rate limit
+    STEER_REASONS = 15,
 };
 
 // Largest frame an AF_XDP socket can take (its UMEM frame size less
@@ -64,6 +67,34 @@ enum steer_reason {
 // the socket would drop them, so they go to the kernel, which segments them
 // for the port-reservation socket.
 volatile const __u32 MAX_FRAME_LEN = 0;
+
+// Shorter datagrams are never valid QUIC (RFC 9000 10.3: a short header
+// packet needs 21 bytes; a stateless reset from a peer may be that short).
+#define MIN_QUIC_DATAGRAM 21
+// RFC 9000 14.1: a client's Initial travels in a datagram of >= 1200 bytes.
+#define MIN_INITIAL_DATAGRAM 1200
+#define QUIC_V1 0x00000001
+
+// Per-source Initial rate limit (GCRA): one Initial per
+// INITIAL_INTERVAL_NS on average, bursts up to INITIAL_BURST_NS ahead of
+// that. 0 disables it. Set at load time.
+volatile const __u64 INITIAL_INTERVAL_NS = 0;
+volatile const __u64 INITIAL_BURST_NS = 0;
+
+// Source address -> theoretical arrival time of its next Initial (ns).
+// LRU: a flood of spoofed sources evicts old entries, never fills up.
+struct source_key {
+    __u8 family;
+    __u8 pad[3];
+    __u8 addr[16];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 65536);
+    __type(key, struct source_key);
+    __type(value, __u64);
+} INITIAL_SOURCES SEC(".maps");
 
 // The interface's MAC, set at load time: frames to any other destination
 // MAC (another host's, broadcast, multicast) are not ours.
@@ -137,6 +168,27 @@ static __always_inline int martian_v6(const struct in6_addr *src)
     return 0;
 }
 
+// Whether `src` may send another Initial now; charges it if so.
+static __always_inline int initial_allowed(struct source_key *src)
+{
+    __u64 interval = INITIAL_INTERVAL_NS;
+    if (!interval)
+        return 1;
+    __u64 now = bpf_ktime_get_ns();
+    __u64 *tat = bpf_map_lookup_elem(&INITIAL_SOURCES, src);
+    if (!tat) {
+        __u64 next = now + interval;
+        bpf_map_update_elem(&INITIAL_SOURCES, src, &next, BPF_ANY);
+        return 1;
+    }
+    __u64 t = *tat > now ? *tat : now;
+    if (t - now > INITIAL_BURST_NS)
+        return 0;
+    // Racy across CPUs by design: a limit, not an exact count.
+    *tat = t + interval;
+    return 1;
+}
+
 SEC("xdp")
 int xdp_steer(struct xdp_md *ctx)
 {
@@ -144,6 +196,7 @@ int xdp_steer(struct xdp_md *ctx)
     void *end = (void *)(long)ctx->data_end;
     struct ethhdr *eth = data;
     struct steer_key key = {};
+    struct source_key src = {};
     struct udphdr *udp;
     __u32 l4_room; // bytes the IP header says follow it
     __u16 proto;
@@ -185,6 +238,8 @@ int xdp_steer(struct xdp_md *ctx)
         l4_room = total - hdr_len;
         key.family = 4;
         __builtin_memcpy(key.addr, &ip->daddr, 4);
+        src.family = 4;
+        __builtin_memcpy(src.addr, &ip->saddr, 4);
     } else if (proto == bpf_htons(ETH_P_IPV6)) {
         struct ipv6hdr *ip6 = l3;
         if ((void *)(ip6 + 1) > end)
@@ -200,6 +255,8 @@ int xdp_steer(struct xdp_md *ctx)
         udp = (void *)(ip6 + 1);
         key.family = 6;
         __builtin_memcpy(key.addr, &ip6->daddr, 16);
+        src.family = 6;
+        __builtin_memcpy(src.addr, &ip6->saddr, 16);
     } else {
         return verdict(STEER_PASS_NOT_IP, XDP_PASS);
     }
@@ -219,6 +276,23 @@ int xdp_steer(struct xdp_md *ctx)
         return verdict(STEER_PASS_NOT_OURS, XDP_PASS);
     if (eth->h_source[0] & 1)
         return verdict(STEER_PASS_MARTIAN, XDP_PASS);
+
+    // The front line: what cannot be served is dropped here, before it
+    // costs a copy, a wake-up and quinn-proto's time.
+    __u32 quic_len = udp_len - sizeof(*udp);
+    __u8 *quic = (void *)(udp + 1);
+    if (quic_len < MIN_QUIC_DATAGRAM)
+        return verdict(STEER_DROP_NOT_QUIC, XDP_DROP);
+    if ((void *)(quic + 5) > end)
+        return verdict(STEER_PASS_MALFORMED, XDP_PASS);
+    // Long header, version 1, type Initial (bits 0x30 clear).
+    if ((quic[0] & 0xb0) == 0x80 && quic[1] == 0 && quic[2] == 0 && quic[3] == 0 &&
+        quic[4] == QUIC_V1) {
+        if (quic_len < MIN_INITIAL_DATAGRAM)
+            return verdict(STEER_DROP_SHORT_INITIAL, XDP_DROP);
+        if (!initial_allowed(&src))
+            return verdict(STEER_DROP_INITIAL_RATE, XDP_DROP);
+    }
     if (MAX_FRAME_LEN && end - data > MAX_FRAME_LEN)
         return verdict(STEER_PASS_TOO_BIG, XDP_PASS);
 

@@ -30,6 +30,16 @@ pub struct ServerArgs {
     /// Exit after this many seconds.
     #[arg(long)]
     pub duration: Option<f64>,
+    /// XDP: client Initials per second allowed from one source address,
+    /// enforced in the XDP program (beyond it they are dropped and
+    /// counted); off by default, since one address can stand for many
+    /// clients (NAT).
+    #[arg(long, value_name = "PER_SECOND")]
+    pub initial_rate: Option<u32>,
+    /// With --initial-rate: Initials a source may send at once beyond the
+    /// rate (default: one second's worth).
+    #[arg(long, requires = "initial_rate")]
+    pub initial_burst: Option<u32>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -52,6 +62,13 @@ impl ServerArgs {
             .alpn([alpn]);
         if let Some(interface) = &self.interface {
             builder = builder.interface(interface);
+        }
+        if let Some(per_second) = self.initial_rate {
+            let rate = quic_xdp::datapath::program::InitialRate {
+                per_second,
+                burst: self.initial_burst.unwrap_or(per_second),
+            };
+            builder = builder.datapath(move |c| c.initial_rate = Some(rate));
         }
         if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
             builder = builder.cert_files(cert, key);

@@ -16,7 +16,7 @@ use crate::{
     error::{Error, Result},
     iface::InterfaceInfo,
     io::PacketIo,
-    program::{AttachMode, AttachPreference, SteerStats, SteeringProgram},
+    program::{AttachMode, AttachPreference, InitialRate, SteerStats, SteeringProgram},
     udp::UdpQueue,
     wire::ChecksumPolicy,
     xsk::{XskQueue, XskSettings, ZeroCopy},
@@ -62,6 +62,10 @@ pub struct DatapathConfig {
     /// as many 4 KiB frames.
     pub ring_size: u32,
     pub checksum: ChecksumPolicy,
+    /// Per-source limit on client Initials, enforced in the XDP program.
+    /// Off by default: one address may stand for many clients (NAT, load
+    /// generators); set it for what your clients need.
+    pub initial_rate: Option<InitialRate>,
 }
 
 impl DatapathConfig {
@@ -75,6 +79,7 @@ impl DatapathConfig {
             queues: None,
             ring_size: 2048,
             checksum: ChecksumPolicy::Verify,
+            initial_rate: None,
         }
     }
 
@@ -222,8 +227,12 @@ impl Datapath {
                 info.rx_queues
             )));
         }
-        let mut steering =
-            SteeringProgram::load(info.rx_queues, Some(crate::xsk::MAX_FRAME_LEN), info.mac)?;
+        let mut steering = SteeringProgram::load(
+            info.rx_queues,
+            Some(crate::xsk::MAX_FRAME_LEN),
+            info.mac,
+            config.initial_rate,
+        )?;
         steering.set_local_addresses(&interface_addresses(&name)?)?;
         steering.add_listener(config.listen)?;
         let attach = steering.attach(&name, config.attach)?;

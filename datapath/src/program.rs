@@ -30,6 +30,18 @@ const SOCKETS_MAP: &str = "XSKS";
 const STATS_MAP: &str = "STEER_STATS";
 const MAX_FRAME_GLOBAL: &str = "MAX_FRAME_LEN";
 const MAC_GLOBAL: &str = "IFACE_MAC";
+const INITIAL_INTERVAL_GLOBAL: &str = "INITIAL_INTERVAL_NS";
+const INITIAL_BURST_GLOBAL: &str = "INITIAL_BURST_NS";
+
+/// A per-source limit on client Initials, enforced in the XDP program
+/// (XDP_DROP beyond it): `per_second` on average, with bursts of up to
+/// `burst` more. Sources are tracked in an LRU map (65536 entries), so a
+/// spoofed flood cannot exhaust it. Clients behind one NAT share a limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InitialRate {
+    pub per_second: u32,
+    pub burst: u32,
+}
 
 /// `struct steer_key` in the C program.
 #[repr(C)]
@@ -98,10 +110,13 @@ pub enum SteerReason {
     PassVlan = 9,
     PassIpOptions = 10,
     PassMartian = 11,
+    DropNotQuic = 12,
+    DropShortInitial = 13,
+    DropInitialRate = 14,
 }
 
 impl SteerReason {
-    pub const ALL: [SteerReason; 12] = [
+    pub const ALL: [SteerReason; 15] = [
         Self::Redirected,
         Self::PassNoSocket,
         Self::PassNotIp,
@@ -114,6 +129,9 @@ impl SteerReason {
         Self::PassVlan,
         Self::PassIpOptions,
         Self::PassMartian,
+        Self::DropNotQuic,
+        Self::DropShortInitial,
+        Self::DropInitialRate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -130,6 +148,9 @@ impl SteerReason {
             Self::PassVlan => "pass_vlan",
             Self::PassIpOptions => "pass_ip_options",
             Self::PassMartian => "pass_martian",
+            Self::DropNotQuic => "drop_not_quic",
+            Self::DropShortInitial => "drop_short_initial",
+            Self::DropInitialRate => "drop_initial_rate",
         }
     }
 }
@@ -249,14 +270,31 @@ impl SteeringProgram {
     /// attaching it. `max_queues` sizes the socket map: rx queue indices
     /// from 0 to `max_queues - 1` can be bound. Matching frames longer than
     /// `max_frame_len` (when given) are left to the kernel, and so are
-    /// frames whose destination MAC is not `mac` (the interface's).
-    pub fn load(max_queues: u32, max_frame_len: Option<u32>, mac: EthernetAddress) -> Result<Self> {
+    /// frames whose destination MAC is not `mac` (the interface's). Client
+    /// Initials beyond `initial_rate` per source are dropped.
+    pub fn load(
+        max_queues: u32,
+        max_frame_len: Option<u32>,
+        mac: EthernetAddress,
+        initial_rate: Option<InitialRate>,
+    ) -> Result<Self> {
         let permission = |e: &(dyn std::error::Error + 'static)| is_permission_denied(e);
         let max_frame_len = max_frame_len.unwrap_or(0);
+        // GCRA: the interval between Initials, and how far ahead of it a
+        // burst may run.
+        let (interval_ns, burst_ns) = match initial_rate {
+            Some(r) if r.per_second > 0 => {
+                let interval = 1_000_000_000 / u64::from(r.per_second);
+                (interval, interval * u64::from(r.burst))
+            }
+            _ => (0u64, 0u64),
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(SOCKETS_MAP, max_queues.max(1))
             .override_global(MAX_FRAME_GLOBAL, &max_frame_len, true)
             .override_global(MAC_GLOBAL, &mac.0, true)
+            .override_global(INITIAL_INTERVAL_GLOBAL, &interval_ns, true)
+            .override_global(INITIAL_BURST_GLOBAL, &burst_ns, true)
             .load(PROGRAM_OBJECT)
             .map_err(|e| {
                 if permission(&e) {

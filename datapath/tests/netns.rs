@@ -183,7 +183,9 @@ fn echo_over_xdp_ipv4_and_ipv6_small_and_mtu_sized() {
         let mut total = 0;
         for v6 in [false, true] {
             let mtu_payload = if v6 { 1500 - 48 } else { 1500 - 28 };
-            for size in [8, 100, mtu_payload] {
+            // 32: small, and long enough to be QUIC (the program drops
+            // datagrams under 21 bytes, see steering.rs).
+            for size in [32, 100, mtu_payload] {
                 let r = load(&net, net.server_addr(v6, PORT), 5000, size, 1024);
                 assert_all_echoed(&r, 5000, &format!("v6={v6} size={size} offload={offload}"));
                 total += r.received;
@@ -253,10 +255,11 @@ fn bound_queue_gets_the_redirect_verdict() {
             };
             let (src, dst): (SocketAddr, SocketAddr) =
                 ("10.77.0.1:5000".parse().unwrap(), dst.parse().unwrap());
+            let payload = [0x40u8; 32];
             let mut hdr = [0u8; datapath::wire::MAX_HEADER_LEN];
-            let n = datapath::wire::emit_udp_headers(&mut hdr, &route, src, dst, None, b"quic");
+            let n = datapath::wire::emit_udp_headers(&mut hdr, &route, src, dst, None, &payload);
             let mut f = hdr[..n].to_vec();
-            f.extend_from_slice(b"quic");
+            f.extend_from_slice(&payload);
             prog.test_run(&f).unwrap()
         };
         (frame("10.77.0.2:4433"), frame("10.77.0.2:53"))
@@ -738,7 +741,7 @@ fn one_flush_transmits_a_burst_larger_than_a_kick() {
         q.counters().snapshot()
     });
     ready_rx.recv().unwrap();
-    client.send_to(b"hello", "10.77.0.2:4433").unwrap();
+    client.send_to(&[0x40; 32], "10.77.0.2:4433").unwrap();
     let mut buf = [0u8; 16];
     let mut received = 0;
     while received < BURST && client.recv(&mut buf).is_ok() {
@@ -790,7 +793,8 @@ fn replies_use_the_kernels_neighbour_table_not_frame_sources() {
         };
         let src = SocketAddr::new(client_ip, 40000);
         let mut header = [0u8; MAX_HEADER_LEN];
-        let payload = b"spoofed!";
+        // Long enough to be steered (and decoded) like a QUIC datagram.
+        let payload = &[0x40u8; 64];
         let n = emit_udp_headers(
             &mut header,
             &route,

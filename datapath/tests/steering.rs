@@ -5,12 +5,14 @@
 use std::net::{IpAddr, SocketAddr};
 
 use datapath::{
-    program::{SteerReason, SteeringProgram, XdpAction},
+    program::{InitialRate, SteerReason, SteeringProgram, XdpAction},
     wire::{FrameRoute, MAX_HEADER_LEN, emit_udp_headers},
 };
 use smoltcp::wire::{EthernetAddress, Ipv4Packet};
 
 const PORT: u16 = 4433;
+/// A payload that can be QUIC (a short header of at least 21 bytes).
+const QUIC: &[u8] = &[0x40; 40];
 
 /// The interface's MAC and addresses in these tests.
 const OUR_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 2]);
@@ -21,7 +23,7 @@ fn local() -> Vec<IpAddr> {
 }
 
 fn load(max_queues: u32, max_frame_len: Option<u32>) -> SteeringProgram {
-    let mut prog = SteeringProgram::load(max_queues, max_frame_len, OUR_MAC).unwrap();
+    let mut prog = SteeringProgram::load(max_queues, max_frame_len, OUR_MAC, None).unwrap();
     prog.set_local_addresses(&local()).unwrap();
     prog
 }
@@ -45,7 +47,7 @@ fn v4(dst_port: u16) -> Vec<u8> {
         "10.1.0.1:50000",
         &format!("10.1.0.2:{dst_port}"),
         None,
-        b"quic",
+        QUIC,
     )
 }
 
@@ -98,22 +100,8 @@ fn quic_datagrams_match_and_fall_back_to_pass_without_a_socket() {
         ("ipv4", v4(PORT)),
         (
             "ipv6",
-            udp_frame(
-                "[fd01::1]:50000",
-                &format!("[fd01::2]:{PORT}"),
-                None,
-                b"quic",
-            ),
+            udp_frame("[fd01::1]:50000", &format!("[fd01::2]:{PORT}"), None, QUIC),
         ),
-        (
-            "empty payload",
-            udp_frame("10.1.0.1:1", &format!("10.1.0.2:{PORT}"), None, b""),
-        ),
-        ("ethernet padding", {
-            let mut f = udp_frame("10.1.0.1:1", &format!("10.1.0.2:{PORT}"), None, b"");
-            f.resize(60, 0);
-            f
-        }),
     ];
     for (name, frame) in cases {
         assert_verdict(&prog, name, &frame, Pass, PassNoSocket);
@@ -156,22 +144,22 @@ fn frames_not_ours_go_to_the_kernel_with_their_reason() {
         ),
         (
             "a neighbour's address",
-            udp_frame("10.1.0.1:1", &format!("10.1.0.3:{PORT}"), None, b"q"),
+            udp_frame("10.1.0.1:1", &format!("10.1.0.3:{PORT}"), None, QUIC),
             PassNoMatch,
         ),
         (
             "a neighbour's v6 address",
-            udp_frame("[fd01::1]:1", &format!("[fd01::3]:{PORT}"), None, b"q"),
+            udp_frame("[fd01::1]:1", &format!("[fd01::3]:{PORT}"), None, QUIC),
             PassNoMatch,
         ),
         (
             "vlan ipv4",
-            udp_frame("10.1.0.1:1", &format!("10.1.0.2:{PORT}"), Some(7), b"q"),
+            udp_frame("10.1.0.1:1", &format!("10.1.0.2:{PORT}"), Some(7), QUIC),
             PassVlan,
         ),
         (
             "vlan ipv6",
-            udp_frame("[fd01::1]:1", &format!("[fd01::2]:{PORT}"), Some(7), b"q"),
+            udp_frame("[fd01::1]:1", &format!("[fd01::2]:{PORT}"), Some(7), QUIC),
             PassVlan,
         ),
         (
@@ -200,7 +188,7 @@ fn frames_not_ours_go_to_the_kernel_with_their_reason() {
         "255.255.255.255",
         "10.1.0.2",
     ] {
-        let f = udp_frame(&format!("{src}:1"), &format!("10.1.0.2:{PORT}"), None, b"q");
+        let f = udp_frame(&format!("{src}:1"), &format!("10.1.0.2:{PORT}"), None, QUIC);
         assert_verdict(&prog, &format!("source {src}"), &f, Pass, PassMartian);
     }
     for src in ["::", "::1", "ff02::1", "::ffff:10.1.0.1"] {
@@ -208,12 +196,12 @@ fn frames_not_ours_go_to_the_kernel_with_their_reason() {
             &format!("[{src}]:1"),
             &format!("[fd01::2]:{PORT}"),
             None,
-            b"q",
+            QUIC,
         );
         assert_verdict(&prog, &format!("source {src}"), &f, Pass, PassMartian);
     }
     // Link-local and ordinary sources are fine.
-    let ll = udp_frame("[fe80::1]:1", &format!("[fd01::2]:{PORT}"), None, b"q");
+    let ll = udp_frame("[fe80::1]:1", &format!("[fd01::2]:{PORT}"), None, QUIC);
     assert_verdict(&prog, "link-local source", &ll, Pass, PassNoSocket);
 }
 
@@ -226,7 +214,7 @@ fn wildcard_listeners_follow_address_changes() {
     let mut prog = any_address_program();
     use SteerReason::*;
     use XdpAction::Pass;
-    let to = |dst: &str| udp_frame("10.1.0.1:1", &format!("{dst}:{PORT}"), None, b"q");
+    let to = |dst: &str| udp_frame("10.1.0.1:1", &format!("{dst}:{PORT}"), None, QUIC);
     assert_verdict(
         &prog,
         "10.1.0.2 before",
@@ -267,7 +255,7 @@ fn everything_else_passes_to_the_kernel_with_its_reason() {
     let icmp = edit_ipv4(v4(PORT), |ip| ip.set_next_header(IpProtocol::Icmp));
     assert_verdict(&prog, "icmp", &icmp, Pass, PassNotUdp);
 
-    let mut hop_by_hop = udp_frame("[fd01::1]:1", &format!("[fd01::2]:{PORT}"), None, b"q");
+    let mut hop_by_hop = udp_frame("[fd01::1]:1", &format!("[fd01::2]:{PORT}"), None, QUIC);
     hop_by_hop[14 + 6] = 0;
     assert_verdict(
         &prog,
@@ -287,7 +275,7 @@ fn everything_else_passes_to_the_kernel_with_its_reason() {
     );
 
     assert_verdict(&prog, "other udp port", &v4(53), Pass, PassNoMatch);
-    let v6_other = udp_frame("[fd01::1]:1", "[fd01::2]:443", None, b"q");
+    let v6_other = udp_frame("[fd01::1]:1", "[fd01::2]:443", None, QUIC);
     assert_verdict(&prog, "other udp port v6", &v6_other, Pass, PassNoMatch);
 
     let first_fragment = edit_ipv4(v4(PORT), |ip| ip.set_more_frags(true));
@@ -341,7 +329,7 @@ fn truncated_and_malformed_frames_pass_untouched() {
             f
         }),
         ("ipv6 payload length beyond frame", {
-            let mut f = udp_frame("[fd01::1]:1", &format!("[fd01::2]:{PORT}"), None, b"quic");
+            let mut f = udp_frame("[fd01::1]:1", &format!("[fd01::2]:{PORT}"), None, QUIC);
             f[18..20].copy_from_slice(&200u16.to_be_bytes());
             f
         }),
@@ -366,9 +354,9 @@ fn an_address_listener_only_matches_its_address_and_family() {
     use SteerReason::*;
     use XdpAction::Pass;
     assert_verdict(&prog, "listener address", &v4(PORT), Pass, PassNoSocket);
-    let other = udp_frame("10.1.0.1:1", &format!("10.1.0.3:{PORT}"), None, b"q");
+    let other = udp_frame("10.1.0.1:1", &format!("10.1.0.3:{PORT}"), None, QUIC);
     assert_verdict(&prog, "other address", &other, Pass, PassNoMatch);
-    let v6 = udp_frame("[fd01::1]:1", &format!("[fd01::2]:{PORT}"), None, b"q");
+    let v6 = udp_frame("[fd01::1]:1", &format!("[fd01::2]:{PORT}"), None, QUIC);
     assert_verdict(&prog, "ipv6 to an ipv4 listener", &v6, Pass, PassNoMatch);
 
     // An IPv4-only wildcard leaves IPv6 to the kernel.
@@ -426,5 +414,124 @@ fn matching_frames_larger_than_a_umem_frame_go_to_the_kernel() {
         &other_port,
         XdpAction::Pass,
         SteerReason::PassNoMatch,
+    );
+}
+
+/// The front line: datagrams that cannot be served are dropped in the
+/// program (XDP_DROP), each counted: shorter than any QUIC packet to us,
+/// client Initials under 1200 bytes, and Initials over a source's rate.
+#[test]
+fn datagrams_that_cannot_be_served_are_dropped_in_the_program() {
+    if !datapath::testbed::privileged() {
+        return;
+    }
+    use SteerReason::*;
+    use XdpAction::{Drop, Pass};
+    let prog = any_address_program();
+    let to_us =
+        |payload: &[u8]| udp_frame("10.1.0.1:1", &format!("10.1.0.2:{PORT}"), None, payload);
+    assert_verdict(&prog, "empty", &to_us(b""), Drop, DropNotQuic);
+    assert_verdict(&prog, "20 bytes", &to_us(&[0x40; 20]), Drop, DropNotQuic);
+    assert_verdict(&prog, "21 bytes", &to_us(&[0x40; 21]), Pass, PassNoSocket);
+    let mut padded = to_us(b"");
+    padded.resize(60, 0); // Ethernet padding is not payload
+    assert_verdict(&prog, "ethernet padding", &padded, Drop, DropNotQuic);
+
+    // Long header, version 1, type Initial.
+    let initial = |len: usize| {
+        let mut p = vec![0u8; len];
+        p[..5].copy_from_slice(&[0xc3, 0, 0, 0, 1]);
+        p
+    };
+    assert_verdict(
+        &prog,
+        "1199-byte Initial",
+        &to_us(&initial(1199)),
+        Drop,
+        DropShortInitial,
+    );
+    assert_verdict(
+        &prog,
+        "1200-byte Initial",
+        &to_us(&initial(1200)),
+        Pass,
+        PassNoSocket,
+    );
+    // Other long-header types may be short (Handshake, 0-RTT), and so may
+    // other versions (answered with Version Negotiation by quinn-proto).
+    let mut handshake = initial(100);
+    handshake[0] = 0xe3;
+    assert_verdict(
+        &prog,
+        "short Handshake",
+        &to_us(&handshake),
+        Pass,
+        PassNoSocket,
+    );
+    let mut v2 = initial(100);
+    v2[4] = 2;
+    assert_verdict(
+        &prog,
+        "short other version",
+        &to_us(&v2),
+        Pass,
+        PassNoSocket,
+    );
+
+    // Rate limit: 10 Initials/s per source, bursts of 3 beyond that.
+    let mut limited = SteeringProgram::load(
+        1,
+        None,
+        OUR_MAC,
+        Some(InitialRate {
+            per_second: 10,
+            burst: 3,
+        }),
+    )
+    .unwrap();
+    limited.set_local_addresses(&local()).unwrap();
+    limited
+        .add_listener(format!("[::]:{PORT}").parse().unwrap())
+        .unwrap();
+    let from = |src: &str| {
+        udp_frame(
+            &format!("{src}:1"),
+            &format!("10.1.0.2:{PORT}"),
+            None,
+            &initial(1200),
+        )
+    };
+    for i in 0..4 {
+        assert_verdict(
+            &limited,
+            &format!("initial {i}"),
+            &from("10.1.0.1"),
+            Pass,
+            PassNoSocket,
+        );
+    }
+    assert_verdict(
+        &limited,
+        "over the rate",
+        &from("10.1.0.1"),
+        Drop,
+        DropInitialRate,
+    );
+    assert_verdict(
+        &limited,
+        "another source",
+        &from("10.1.0.7"),
+        Pass,
+        PassNoSocket,
+    );
+    // Not Initials: never limited.
+    assert_verdict(&limited, "short header", &to_us(QUIC), Pass, PassNoSocket);
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    assert_verdict(
+        &limited,
+        "after a refill",
+        &from("10.1.0.1"),
+        Pass,
+        PassNoSocket,
     );
 }
