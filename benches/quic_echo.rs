@@ -23,9 +23,12 @@
 //!     sudo cargo bench -p quic-xdp-benches --bench quic_echo -- --secs 3 --rounds 5
 
 mod common;
+mod echo_peers;
+
+use echo_peers::*;
 
 use std::{
-    net::{SocketAddr, UdpSocket},
+    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -37,9 +40,6 @@ use datapath::{
     echo::{self, EchoLimits},
     testbed::{EchoLoad, TestNet, TestNetConfig, run_echo_load},
 };
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls_pki_types::CertificateDer;
-use tokio::runtime::Runtime;
 
 #[derive(Parser)]
 struct Args {
@@ -69,214 +69,8 @@ struct Args {
     bench: bool,
 }
 
-const PORT: u16 = 4433;
 /// The datapaths whose ceiling is measured, in order.
 const CEILINGS: [&str; 2] = ["AF_XDP", "kernel UDP"];
-const ALPN: &[u8] = b"echo";
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Server {
-    QuicXdpOverXdp,
-    QuicXdpOverUdp,
-    QuinnOverUdp,
-}
-
-impl Server {
-    const ALL: [Server; 3] = [
-        Self::QuicXdpOverXdp,
-        Self::QuicXdpOverUdp,
-        Self::QuinnOverUdp,
-    ];
-    fn name(self) -> &'static str {
-        match self {
-            Self::QuicXdpOverXdp => "quic-xdp, XDP",
-            Self::QuicXdpOverUdp => "quic-xdp, kernel UDP",
-            Self::QuinnOverUdp => "quinn, kernel UDP",
-        }
-    }
-}
-
-enum Running {
-    QuicXdp(quic_xdp::Endpoint),
-    Quinn(quinn::Endpoint),
-}
-
-fn start(
-    net: &TestNet,
-    rt: &Runtime,
-    server: Server,
-    certs: &certs::DevCerts,
-    ring_size: u32,
-) -> anyhow::Result<Running> {
-    let listen = SocketAddr::new("::".parse()?, PORT);
-    match server {
-        Server::QuicXdpOverXdp | Server::QuicXdpOverUdp => {
-            let mode = if server == Server::QuicXdpOverXdp {
-                quic_xdp::Mode::Xdp
-            } else {
-                quic_xdp::Mode::Udp
-            };
-            let builder = quic_xdp::Endpoint::builder(listen)
-                .interface(TestNet::SERVER_IF)
-                .mode(mode)
-                .certificate(certs.chain(), certs.key())
-                .alpn([ALPN])
-                .datapath(|c| c.ring_size = ring_size);
-            let ep = net.server.run(|| builder.bind())?;
-            // Run to completion: the echo runs on the engine thread.
-            ep.serve(|conn| async move {
-                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                    tokio::spawn(async move {
-                        if tokio::io::copy(&mut recv, &mut send).await.is_ok() {
-                            let _ = send.finish();
-                        }
-                    });
-                }
-            })?;
-            Ok(Running::QuicXdp(ep))
-        }
-        Server::QuinnOverUdp => {
-            let socket = net.server.run(|| UdpSocket::bind(listen))?;
-            let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_no_client_auth()
-            .with_single_cert(certs.chain(), certs.key())?;
-            tls.alpn_protocols = vec![ALPN.to_vec()];
-            let config =
-                quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
-            let ep = {
-                let _guard = rt.enter();
-                quinn::Endpoint::new(
-                    quinn::EndpointConfig::default(),
-                    Some(config),
-                    socket,
-                    Arc::new(quinn::TokioRuntime),
-                )?
-            };
-            let accept = ep.clone();
-            rt.spawn(async move {
-                while let Some(incoming) = accept.accept().await {
-                    tokio::spawn(async move {
-                        let Ok(conn) = incoming.await else { return };
-                        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                            tokio::spawn(async move {
-                                if tokio::io::copy(&mut recv, &mut send).await.is_ok() {
-                                    let _ = send.finish();
-                                }
-                            });
-                        }
-                    });
-                }
-            });
-            Ok(Running::Quinn(ep))
-        }
-    }
-}
-
-fn stop(net: &TestNet, rt: &Runtime, running: Running) -> anyhow::Result<()> {
-    rt.block_on(async {
-        match running {
-            Running::QuicXdp(ep) => ep.shutdown().await,
-            Running::Quinn(ep) => {
-                ep.close(0u32.into(), b"");
-                ep.wait_idle().await;
-            }
-        }
-    });
-    // quinn's driver task lets go of its socket a little after close:
-    // wait until the next server can bind the port.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while net
-        .server
-        .run(|| UdpSocket::bind(SocketAddr::new("::".parse().unwrap(), PORT)))
-        .is_err()
-    {
-        if Instant::now() >= deadline {
-            bail!("port {PORT} still in use after stopping the server");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
-}
-
-fn client(
-    net: &TestNet,
-    rt: &Runtime,
-    ca: &CertificateDer<'static>,
-) -> anyhow::Result<quinn::Endpoint> {
-    let socket = net.client.run(|| UdpSocket::bind("0.0.0.0:0"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone())?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let _guard = rt.enter();
-    let mut ep = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )?;
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(tls)?,
-    )));
-    Ok(ep)
-}
-
-async fn echo(conn: &quinn::Connection, data: &[u8]) -> anyhow::Result<()> {
-    let (mut send, mut recv) = conn.open_bi().await?;
-    let (sent, back) = tokio::join!(
-        async {
-            send.write_all(data).await?;
-            send.finish()?;
-            anyhow::Ok(())
-        },
-        recv.read_to_end(usize::MAX)
-    );
-    sent.map_err(|e| anyhow::anyhow!("sending: {e:?}"))?;
-    if back.map_err(|e| anyhow::anyhow!("receiving: {e:?}"))? != data {
-        bail!("echo differs");
-    }
-    Ok(())
-}
-
-/// The server threads whose CPU time is counted.
-const SERVER_THREADS: &[&str] = &["bench-server", "quic-xdp-engine"];
-
-/// One workload's result in one round.
-#[derive(Clone, Copy, Default)]
-struct Sample {
-    rate: f64,
-    /// Server CPU microseconds per unit (request, handshake, or MB).
-    cpu_us: f64,
-    p50_us: f64,
-    p99_us: f64,
-}
-
-/// Runs `work`, which returns (units done, latencies in us); the rate is
-/// units per second, scaled by `unit_scale` for display.
-async fn measure<F>(work: F, cpu_unit: f64, rate_scale: f64) -> anyhow::Result<Sample>
-where
-    F: std::future::Future<Output = anyhow::Result<(f64, Vec<f64>)>>,
-{
-    let cpu_before = common::thread_cpu(SERVER_THREADS);
-    let start = Instant::now();
-    let (units, mut latencies) = work.await?;
-    let elapsed = start.elapsed().as_secs_f64();
-    let cpu = (common::thread_cpu(SERVER_THREADS) - cpu_before).as_secs_f64();
-    Ok(Sample {
-        rate: units / elapsed * rate_scale,
-        cpu_us: cpu * 1e6 / (units / cpu_unit),
-        p50_us: common::quantile(&mut latencies, 0.5),
-        p99_us: common::quantile(&mut latencies, 0.99),
-    })
-}
 
 /// Bytes echoed (one way) by concurrent bulk streams.
 async fn bulk(conn: &quinn::Connection, args: &Args) -> anyhow::Result<(f64, Vec<f64>)> {
@@ -291,30 +85,6 @@ async fn bulk(conn: &quinn::Connection, args: &Args) -> anyhow::Result<(f64, Vec
         t.await??;
     }
     Ok(((args.bulk_streams * args.bulk_size) as f64, Vec::new()))
-}
-
-/// Completed 100-byte request/response exchanges, and their latencies.
-async fn request_response(
-    conn: &quinn::Connection,
-    args: &Args,
-) -> anyhow::Result<(f64, Vec<f64>)> {
-    let until = Instant::now() + Duration::from_secs_f64(args.secs);
-    let tasks: Vec<_> = (0..args.concurrency)
-        .map(|w| {
-            let conn = conn.clone();
-            tokio::spawn(async move {
-                let request = [w as u8; 100];
-                let mut latencies = Vec::new();
-                while Instant::now() < until {
-                    let t = Instant::now();
-                    echo(&conn, &request).await?;
-                    latencies.push(t.elapsed().as_secs_f64() * 1e6);
-                }
-                anyhow::Ok(latencies)
-            })
-        })
-        .collect();
-    gather(tasks).await
 }
 
 /// Payload of the ceiling's datagrams: about what QUIC puts in one on a
@@ -372,17 +142,6 @@ fn ceiling(net: &TestNet, mode: quic_xdp::Mode, args: &Args) -> anyhow::Result<S
     })
 }
 
-/// Every task's latencies, and how many there are.
-async fn gather(
-    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<f64>>>>,
-) -> anyhow::Result<(f64, Vec<f64>)> {
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    Ok((all.len() as f64, all))
-}
-
 /// New connections, each carrying one 100-byte exchange, `handshakers` at
 /// a time; their latencies (connect to close).
 async fn handshakes(
@@ -433,13 +192,20 @@ fn main() -> anyhow::Result<()> {
             if args.servers.as_ref().is_some_and(|s| !s.contains(&i)) {
                 continue;
             }
-            let running = start(&net, &server_rt, server, &certs, args.ring_size)
-                .with_context(|| server.name())?;
+            let running = start(&net, &server_rt, server, &certs, |c| {
+                c.ring_size = args.ring_size
+            })
+            .with_context(|| server.name())?;
             let client = client(&net, &client_rt, &certs.ca_der())?;
             let samples = client_rt.block_on(async {
                 let conn = client.connect(target, "localhost")?.await?;
                 let b = measure(bulk(&conn, &args), 1e6, 8.0 / 1e6).await?;
-                let rr = measure(request_response(&conn, &args), 1.0, 1.0).await?;
+                let rr = measure(
+                    request_response(&conn, args.secs, args.concurrency),
+                    1.0,
+                    1.0,
+                )
+                .await?;
                 conn.close(0u32.into(), b"");
                 let hs = measure(handshakes(&client, target, &args), 1.0, 1.0).await?;
                 client.wait_idle().await;

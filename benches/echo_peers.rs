@@ -1,0 +1,261 @@
+//! What the QUIC echo benchmarks share: the servers compared (quic-xdp
+//! over XDP and over kernel UDP, quinn over kernel UDP), the quinn client
+//! that drives them, and the measured workloads.
+
+// Each benchmark uses a part of these.
+#![allow(dead_code)]
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
+use datapath::testbed::TestNet;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls_pki_types::CertificateDer;
+use tokio::runtime::Runtime;
+
+pub const PORT: u16 = 4433;
+pub const ALPN: &[u8] = b"echo";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Server {
+    QuicXdpOverXdp,
+    QuicXdpOverUdp,
+    QuinnOverUdp,
+}
+
+impl Server {
+    pub const ALL: [Server; 3] = [
+        Self::QuicXdpOverXdp,
+        Self::QuicXdpOverUdp,
+        Self::QuinnOverUdp,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::QuicXdpOverXdp => "quic-xdp, XDP",
+            Self::QuicXdpOverUdp => "quic-xdp, kernel UDP",
+            Self::QuinnOverUdp => "quinn, kernel UDP",
+        }
+    }
+}
+
+pub enum Running {
+    QuicXdp(quic_xdp::Endpoint),
+    Quinn(quinn::Endpoint),
+}
+
+pub fn start(
+    net: &TestNet,
+    rt: &Runtime,
+    server: Server,
+    certs: &certs::DevCerts,
+    datapath: impl FnOnce(&mut datapath::DatapathConfig),
+) -> anyhow::Result<Running> {
+    let listen = SocketAddr::new("::".parse()?, PORT);
+    match server {
+        Server::QuicXdpOverXdp | Server::QuicXdpOverUdp => {
+            let mode = if server == Server::QuicXdpOverXdp {
+                quic_xdp::Mode::Xdp
+            } else {
+                quic_xdp::Mode::Udp
+            };
+            let builder = quic_xdp::Endpoint::builder(listen)
+                .interface(TestNet::SERVER_IF)
+                .mode(mode)
+                .certificate(certs.chain(), certs.key())
+                .alpn([ALPN])
+                .datapath(datapath);
+            let ep = net.server.run(|| builder.bind())?;
+            // Run to completion: the echo runs on the engine thread.
+            ep.serve(|conn| async move {
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        if tokio::io::copy(&mut recv, &mut send).await.is_ok() {
+                            let _ = send.finish();
+                        }
+                    });
+                }
+            })?;
+            Ok(Running::QuicXdp(ep))
+        }
+        Server::QuinnOverUdp => {
+            let socket = net.server.run(|| UdpSocket::bind(listen))?;
+            let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(certs.chain(), certs.key())?;
+            tls.alpn_protocols = vec![ALPN.to_vec()];
+            let config =
+                quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+            let ep = {
+                let _guard = rt.enter();
+                quinn::Endpoint::new(
+                    quinn::EndpointConfig::default(),
+                    Some(config),
+                    socket,
+                    Arc::new(quinn::TokioRuntime),
+                )?
+            };
+            let accept = ep.clone();
+            rt.spawn(async move {
+                while let Some(incoming) = accept.accept().await {
+                    tokio::spawn(async move {
+                        let Ok(conn) = incoming.await else { return };
+                        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                            tokio::spawn(async move {
+                                if tokio::io::copy(&mut recv, &mut send).await.is_ok() {
+                                    let _ = send.finish();
+                                }
+                            });
+                        }
+                    });
+                }
+            });
+            Ok(Running::Quinn(ep))
+        }
+    }
+}
+
+pub fn stop(net: &TestNet, rt: &Runtime, running: Running) -> anyhow::Result<()> {
+    rt.block_on(async {
+        match running {
+            Running::QuicXdp(ep) => ep.shutdown().await,
+            Running::Quinn(ep) => {
+                ep.close(0u32.into(), b"");
+                ep.wait_idle().await;
+            }
+        }
+    });
+    // quinn's driver task lets go of its socket a little after close:
+    // wait until the next server can bind the port.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while net
+        .server
+        .run(|| UdpSocket::bind(SocketAddr::new("::".parse().unwrap(), PORT)))
+        .is_err()
+    {
+        if Instant::now() >= deadline {
+            bail!("port {PORT} still in use after stopping the server");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+pub fn client(
+    net: &TestNet,
+    rt: &Runtime,
+    ca: &CertificateDer<'static>,
+) -> anyhow::Result<quinn::Endpoint> {
+    let socket = net.client.run(|| UdpSocket::bind("0.0.0.0:0"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone())?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let _guard = rt.enter();
+    let mut ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(tls)?,
+    )));
+    Ok(ep)
+}
+
+pub async fn echo(conn: &quinn::Connection, data: &[u8]) -> anyhow::Result<()> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let (sent, back) = tokio::join!(
+        async {
+            send.write_all(data).await?;
+            send.finish()?;
+            anyhow::Ok(())
+        },
+        recv.read_to_end(usize::MAX)
+    );
+    sent.map_err(|e| anyhow::anyhow!("sending: {e:?}"))?;
+    if back.map_err(|e| anyhow::anyhow!("receiving: {e:?}"))? != data {
+        bail!("echo differs");
+    }
+    Ok(())
+}
+
+/// The server threads whose CPU time is counted.
+pub const SERVER_THREADS: &[&str] = &["bench-server", "quic-xdp-engine"];
+
+/// One workload's result in one round.
+#[derive(Clone, Copy, Default)]
+pub struct Sample {
+    pub rate: f64,
+    /// Server CPU microseconds per unit (request, handshake, or MB).
+    pub cpu_us: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+/// Runs `work`, which returns (units done, latencies in us); the rate is
+/// units per second, scaled by `unit_scale` for display.
+pub async fn measure<F>(work: F, cpu_unit: f64, rate_scale: f64) -> anyhow::Result<Sample>
+where
+    F: std::future::Future<Output = anyhow::Result<(f64, Vec<f64>)>>,
+{
+    let cpu_before = crate::common::thread_cpu(SERVER_THREADS);
+    let start = Instant::now();
+    let (units, mut latencies) = work.await?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = (crate::common::thread_cpu(SERVER_THREADS) - cpu_before).as_secs_f64();
+    Ok(Sample {
+        rate: units / elapsed * rate_scale,
+        cpu_us: cpu * 1e6 / (units / cpu_unit),
+        p50_us: crate::common::quantile(&mut latencies, 0.5),
+        p99_us: crate::common::quantile(&mut latencies, 0.99),
+    })
+}
+
+/// Completed 100-byte request/response exchanges, and their latencies.
+pub async fn request_response(
+    conn: &quinn::Connection,
+    secs: f64,
+    concurrency: usize,
+) -> anyhow::Result<(f64, Vec<f64>)> {
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let request = [w as u8; 100];
+                let mut latencies = Vec::new();
+                while Instant::now() < until {
+                    let t = Instant::now();
+                    echo(&conn, &request).await?;
+                    latencies.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    gather(tasks).await
+}
+
+/// Every task's latencies, and how many there are.
+pub async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<f64>>>>,
+) -> anyhow::Result<(f64, Vec<f64>)> {
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok((all.len() as f64, all))
+}
