@@ -18,27 +18,44 @@ pub fn require_root() -> anyhow::Result<()> {
 }
 
 /// On-CPU time of this process's threads whose name starts with one of
-/// `prefixes` (from /proc schedstat, nanosecond resolution). Threads that
-/// exited are not counted: sample while the server runs.
-pub fn thread_cpu(prefixes: &[&str]) -> std::time::Duration {
-    let mut ns = 0u64;
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return std::time::Duration::ZERO;
-    };
-    for task in tasks.flatten() {
-        let path = task.path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if !prefixes.iter().any(|p| comm.trim_end().starts_with(p)) {
-            continue;
+/// `prefixes`, per thread (from /proc schedstat, nanosecond resolution).
+#[derive(Debug, Clone, Default)]
+pub struct ThreadCpu(std::collections::HashMap<u32, u64>);
+
+impl ThreadCpu {
+    pub fn sample(prefixes: &[&str]) -> Self {
+        let mut out = std::collections::HashMap::new();
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return Self(out);
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            let path = task.path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            if !prefixes.iter().any(|p| comm.trim_end().starts_with(p)) {
+                continue;
+            }
+            let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+            if let Some(ns) = stat.split_whitespace().next().and_then(|v| v.parse().ok()) {
+                out.insert(tid, ns);
+            }
         }
-        let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
-        ns += stat
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
+        Self(out)
     }
-    std::time::Duration::from_nanos(ns)
+
+    /// CPU time used since `earlier` by the threads alive now (a thread
+    /// born since counts from zero; one that exited meanwhile is lost,
+    /// which on these servers is an idle blocking-pool thread).
+    pub fn since(&self, earlier: &ThreadCpu) -> std::time::Duration {
+        let ns = self
+            .0
+            .iter()
+            .map(|(tid, &now)| now.saturating_sub(earlier.0.get(tid).copied().unwrap_or(0)))
+            .sum();
+        std::time::Duration::from_nanos(ns)
+    }
 }
 
 /// "median (min-max)" of `v`, formatted with `decimals`.

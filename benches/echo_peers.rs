@@ -18,6 +18,19 @@ use rustls_pki_types::CertificateDer;
 use tokio::runtime::Runtime;
 
 pub const PORT: u16 = 4433;
+
+/// The server's and the client's runtimes: one worker each, named so that
+/// the server's threads are counted (SERVER_THREADS) and the client's not.
+pub fn runtimes() -> std::io::Result<(Runtime, Runtime)> {
+    let one_worker = |name: &str| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(name)
+            .enable_all()
+            .build()
+    };
+    Ok((one_worker("bench-server")?, one_worker("bench-client")?))
+}
 pub const ALPN: &[u8] = b"echo";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -211,11 +224,13 @@ pub async fn measure<F>(work: F, cpu_unit: f64, rate_scale: f64) -> anyhow::Resu
 where
     F: std::future::Future<Output = anyhow::Result<(f64, Vec<f64>)>>,
 {
-    let cpu_before = crate::common::thread_cpu(SERVER_THREADS);
+    let cpu_before = crate::common::ThreadCpu::sample(SERVER_THREADS);
     let start = Instant::now();
     let (units, mut latencies) = work.await?;
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = (crate::common::thread_cpu(SERVER_THREADS) - cpu_before).as_secs_f64();
+    let cpu = crate::common::ThreadCpu::sample(SERVER_THREADS)
+        .since(&cpu_before)
+        .as_secs_f64();
     Ok(Sample {
         rate: units / elapsed * rate_scale,
         cpu_us: cpu * 1e6 / (units / cpu_unit),

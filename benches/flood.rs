@@ -219,14 +219,7 @@ struct FloodSample {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     common::require_root()?;
-    let one_worker = |name: &str| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(name)
-            .enable_all()
-            .build()
-    };
-    let (server_rt, client_rt) = (one_worker("bench-server")?, one_worker("bench-client")?);
+    let (server_rt, client_rt) = runtimes()?;
     let net = TestNet::create(&TestNetConfig::default())?;
     let certs = certs::DevCerts::localhost()?;
     let target = net.server_addr(false, PORT);
@@ -261,13 +254,15 @@ fn main() -> anyhow::Result<()> {
             baseline[s].push(quiet);
             for (k, kind) in Flood::ALL.into_iter().enumerate() {
                 let before = steering(&running);
-                let cpu_before = common::thread_cpu(SERVER_THREADS);
+                let cpu_before = common::ThreadCpu::sample(SERVER_THREADS);
                 let flooder = Flooder::start(&net, kind);
                 std::thread::sleep(secs);
                 let sent = flooder.stop()?;
                 // Let the server finish what is queued before reading.
                 std::thread::sleep(Duration::from_millis(200));
-                let cpu = (common::thread_cpu(SERVER_THREADS) - cpu_before).as_secs_f64();
+                let cpu = common::ThreadCpu::sample(SERVER_THREADS)
+                    .since(&cpu_before)
+                    .as_secs_f64();
                 let xdp_dropped = match (before, steering(&running)) {
                     (Some(b), Some(a)) => {
                         let d = a.since(&b);

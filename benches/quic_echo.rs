@@ -128,9 +128,11 @@ fn ceiling(net: &TestNet, mode: quic_xdp::Mode, args: &Args) -> anyhow::Result<S
         idle_timeout: Duration::from_millis(50),
         ..EchoLoad::new(net.server_addr(false, PORT))
     };
-    let cpu_before = common::thread_cpu(SERVER_THREADS);
+    let cpu_before = common::ThreadCpu::sample(SERVER_THREADS);
     let report = net.client.run(|| run_echo_load(&load))?;
-    let cpu = (common::thread_cpu(SERVER_THREADS) - cpu_before).as_secs_f64();
+    let cpu = common::ThreadCpu::sample(SERVER_THREADS)
+        .since(&cpu_before)
+        .as_secs_f64();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     server.join().expect("echo thread")?;
     let bytes = (report.received as usize * CEILING_SIZE) as f64;
@@ -172,14 +174,7 @@ async fn handshakes(
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     common::require_root()?;
-    let one_worker = |name: &str| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(name)
-            .enable_all()
-            .build()
-    };
-    let (server_rt, client_rt) = (one_worker("bench-server")?, one_worker("bench-client")?);
+    let (server_rt, client_rt) = runtimes()?;
     let net = TestNet::create(&TestNetConfig::default())?;
     let certs = certs::DevCerts::localhost()?;
     let target = net.server_addr(false, PORT);
