@@ -100,9 +100,10 @@ struct {
 // MAC (another host's, broadcast, multicast) are not ours.
 volatile const __u8 IFACE_MAC[6] = {0};
 
+// One entry per (listener, local address): room for many addresses.
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 64);
+    __uint(max_entries, 1024);
     __type(key, struct steer_key);
     __type(value, __u8);
 } STEER_TARGETS SEC(".maps");

@@ -43,8 +43,10 @@ pub enum QueueKind {
 /// [`raw_fd`]: PacketIo::raw_fd
 pub trait PacketIo: Send {
     /// Delivers up to one batch of received datagrams to `on_datagram`;
-    /// returns how many were delivered (0: nothing is waiting). The payload
-    /// slice is only valid during the call.
+    /// returns how many were taken from the queue, delivered or dropped
+    /// (malformed, bad checksum): 0 means nothing was waiting, so a caller
+    /// may wait for readability. The payload slice is only valid during
+    /// the call.
     fn recv(&mut self, on_datagram: &mut dyn FnMut(&RxMeta, &[u8])) -> io::Result<usize>;
 
     /// Queues a datagram, or a batch of `segment_size`-byte datagrams, for
@@ -73,6 +75,12 @@ pub trait PacketIo: Send {
     /// Where the UMEM's frames are (AF_XDP queues only).
     fn frame_accounting(&self) -> Option<FrameAccounting> {
         None
+    }
+
+    /// Whether datagrams wait for the kernel after `flush` (it was busy):
+    /// flush again soon rather than wait for readability.
+    fn tx_pending(&self) -> bool {
+        false
     }
 
     /// Brings counters kept by the kernel up to date.

@@ -35,8 +35,14 @@ const INITIAL_BURST_GLOBAL: &str = "INITIAL_BURST_NS";
 
 /// A per-source limit on client Initials, enforced in the XDP program
 /// (XDP_DROP beyond it): `per_second` on average, with bursts of up to
-/// `burst` more. Sources are tracked in an LRU map (65536 entries), so a
-/// spoofed flood cannot exhaust it. Clients behind one NAT share a limit.
+/// `burst` more (at least [`MIN_INITIAL_BURST`]). Sources are tracked in an
+/// LRU map (65536 entries), so a spoofed flood cannot exhaust it. Clients
+/// behind one NAT share a limit.
+/// The smallest burst allowed: one handshake sends several datagrams with
+/// Initials (the first flight, its ACKs, a retransmission, the Initial after
+/// a Retry); a smaller burst would cost every handshake a PTO.
+pub const MIN_INITIAL_BURST: u32 = 4;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InitialRate {
     pub per_second: u32,
@@ -285,7 +291,10 @@ impl SteeringProgram {
         let (interval_ns, burst_ns) = match initial_rate {
             Some(r) if r.per_second > 0 => {
                 let interval = 1_000_000_000 / u64::from(r.per_second);
-                (interval, interval * u64::from(r.burst))
+                (
+                    interval,
+                    interval * u64::from(r.burst.max(MIN_INITIAL_BURST)),
+                )
             }
             _ => (0u64, 0u64),
         };
@@ -352,18 +361,24 @@ impl SteeringProgram {
         let mut targets: HashMap<_, SteerKey, u8> =
             HashMap::try_from(self.ebpf.map_mut(TARGETS_MAP).expect("map in object"))
                 .map_err(|e| Error::Load(Box::new(e)))?;
-        for key in self.installed.difference(&wanted) {
-            match targets.remove(key) {
+        // `installed` follows every change as it is made, so that a failure
+        // half way leaves it true and the next sync finishes the job.
+        let stale: Vec<SteerKey> = self.installed.difference(&wanted).copied().collect();
+        for key in stale {
+            match targets.remove(&key) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(Error::Load(chain(&e).into())),
             }
+            self.installed.remove(&key);
         }
-        for key in wanted.difference(&self.installed) {
-            targets
-                .insert(*key, 1, 0)
-                .map_err(|e| Error::Load(chain(&e).into()))?;
+        for key in wanted {
+            if !self.installed.contains(&key) {
+                targets
+                    .insert(key, 1, 0)
+                    .map_err(|e| Error::Load(chain(&e).into()))?;
+                self.installed.insert(key);
+            }
         }
-        self.installed = wanted;
         Ok(())
     }
 

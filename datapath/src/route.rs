@@ -117,7 +117,14 @@ impl KernelNeighbors {
             }
         };
         match self.neighbour(hop) {
-            Ok(Some(mac)) => Some(mac),
+            Ok(Some((mac, stale))) => {
+                // The kernel confirms a stale entry when it sends through
+                // it; ours do not pass there, so ask it to (once a refresh).
+                if stale && let Err(e) = self.solicit(hop) {
+                    tracing::debug!(error = %e, %hop, "neighbour re-validation failed");
+                }
+                Some(mac)
+            }
             Ok(None) => {
                 if let Err(e) = self.solicit(hop) {
                     tracing::debug!(error = %e, %hop, "neighbour solicitation failed");
@@ -158,8 +165,8 @@ impl KernelNeighbors {
     }
 
     /// The kernel's entry for `hop` on our interface, if it has a usable
-    /// link-layer address.
-    fn neighbour(&mut self, hop: IpAddr) -> io::Result<Option<EthernetAddress>> {
+    /// link-layer address, and whether that entry is stale.
+    fn neighbour(&mut self, hop: IpAddr) -> io::Result<Option<(EthernetAddress, bool)>> {
         let msg = self.neighbour_message(hop, NeighbourFlags::empty());
         let Some(RouteNetlinkMessage::NewNeighbour(entry)) =
             self.request(RouteNetlinkMessage::GetNeighbour(msg), NLM_F_REQUEST)?
@@ -174,9 +181,10 @@ impl KernelNeighbors {
                 | NeighbourState::Probe
                 | NeighbourState::Permanent
         );
+        let stale = entry.header.state == NeighbourState::Stale;
         Ok(entry.attributes.iter().find_map(|attr| match attr {
             NeighbourAttribute::LinkLayerAddress(mac) if usable && mac.len() == 6 => {
-                Some(EthernetAddress::from_bytes(mac))
+                Some((EthernetAddress::from_bytes(mac), stale))
             }
             _ => None,
         }))

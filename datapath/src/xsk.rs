@@ -388,7 +388,6 @@ impl PacketIo for XskQueue {
         // SAFETY: descriptors come back for frames of this UMEM.
         let n = unsafe { self.rx.consume(&mut self.batch) };
         self.rx_in_kernel -= n;
-        let mut delivered = 0;
         for desc in &self.batch[..n] {
             // SAFETY: the kernel handed this frame over; it is not reused
             // until we put it back on the fill ring below.
@@ -405,7 +404,6 @@ impl PacketIo for XskQueue {
                         ecn: d.ecn,
                     };
                     on_datagram(&meta, d.payload);
-                    delivered += 1;
                 }
                 Err(DecodeError::BadIpChecksum | DecodeError::BadUdpChecksum) => {
                     QueueCounters::add(&self.counters.rx_bad_checksum, 1);
@@ -418,7 +416,9 @@ impl PacketIo for XskQueue {
         }
         self.pending_fill.extend_from_slice(&self.batch[..n]);
         self.refill();
-        Ok(delivered)
+        // Frames taken, delivered or not: a batch of junk must not read as
+        // an empty ring.
+        Ok(n)
     }
 
     fn send(&mut self, t: &Transmit<'_>) -> io::Result<()> {
@@ -539,5 +539,11 @@ impl PacketIo for XskQueue {
 
     fn refresh_counters(&mut self) {
         self.refresh_kernel_stats();
+    }
+
+    fn tx_pending(&self) -> bool {
+        // A kick the kernel left unfinished: in copy mode nothing else
+        // transmits those frames.
+        self.tx_unkicked
     }
 }

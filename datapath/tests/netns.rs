@@ -892,3 +892,61 @@ fn only_the_servers_addresses_are_steered_and_they_are_followed() {
     );
     assert!(report.xsk().tx_packets >= 20, "{:?}", report.xsk());
 }
+
+/// `recv` counts what it took from the ring, delivered or not: a batch of
+/// nothing but bad-checksum frames must not read as an empty queue (the
+/// engine clears its readiness on 0 and would leave later frames unread).
+#[test]
+fn a_batch_of_junk_is_not_an_empty_queue() {
+    let Some(net) = testnet(TestNetConfig::default()) else {
+        return;
+    };
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (sent_tx, sent_rx) = mpsc::channel::<()>();
+    let server = net.server.spawn(move || {
+        let mut dp = Datapath::open(&xdp_config("[::]:4433")).unwrap();
+        ready_tx.send(()).unwrap();
+        sent_rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let q = dp
+            .queues_mut()
+            .iter_mut()
+            .find(|q| matches!(q.kind(), QueueKind::Xsk { .. }))
+            .unwrap();
+        let mut delivered = 0;
+        let taken = q.recv(&mut |_, _| delivered += 1).unwrap();
+        let after = q.recv(&mut |_, _| delivered += 1).unwrap();
+        (taken, after, delivered, q.counters().snapshot())
+    });
+    ready_rx.recv().unwrap();
+    let route = FrameRoute {
+        src_mac: EthernetAddress([2, 0x77, 0, 0, 0, 1]),
+        dst_mac: EthernetAddress([2, 0x77, 0, 0, 0, 2]),
+        vlan: None,
+    };
+    let payload = [0x40u8; 64];
+    let mut header = [0u8; MAX_HEADER_LEN];
+    let n = emit_udp_headers(
+        &mut header,
+        &route,
+        "10.77.0.1:40000".parse().unwrap(),
+        "10.77.0.2:4433".parse().unwrap(),
+        None,
+        &payload,
+    );
+    let mut frame = [&header[..n], &payload[..]].concat();
+    frame[40] ^= 0xff; // the UDP checksum
+    let link = net
+        .client
+        .run(|| RawLink::open(TestNet::CLIENT_IF))
+        .unwrap();
+    for _ in 0..10 {
+        link.send(&frame).unwrap();
+    }
+    sent_tx.send(()).unwrap();
+    let (taken, after, delivered, counters) = server.join().unwrap();
+    assert_eq!(delivered, 0, "{counters}");
+    assert_eq!(counters.rx_bad_checksum, 10, "{counters}");
+    assert_eq!(taken, 10, "the junk was taken: {counters}");
+    assert_eq!(after, 0, "and then the ring is empty");
+}

@@ -478,14 +478,15 @@ fn datagrams_that_cannot_be_served_are_dropped_in_the_program() {
         PassNoSocket,
     );
 
-    // Rate limit: 10 Initials/s per source, bursts of 3 beyond that.
+    // Rate limit: 10 Initials/s per source, bursts of 4 beyond that (the
+    // smallest burst allowed).
     let mut limited = SteeringProgram::load(
         1,
         None,
         OUR_MAC,
         Some(InitialRate {
             per_second: 10,
-            burst: 3,
+            burst: 1, // raised to MIN_INITIAL_BURST
         }),
     )
     .unwrap();
@@ -501,7 +502,8 @@ fn datagrams_that_cannot_be_served_are_dropped_in_the_program() {
             &initial(1200),
         )
     };
-    for i in 0..4 {
+    // The first, then a burst of MIN_INITIAL_BURST more.
+    for i in 0..=datapath::program::MIN_INITIAL_BURST {
         assert_verdict(
             &limited,
             &format!("initial {i}"),

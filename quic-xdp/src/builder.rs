@@ -231,6 +231,9 @@ impl QuicConfig {
         let protos = (0..engines)
             .map(|engine| {
                 let mut config = EndpointConfig::new(reset_key.clone());
+                // QUIC v1 only (quinn-proto also offers old drafts): the XDP
+                // program's Initial checks know v1, and drafts are obsolete.
+                config.supported_versions(vec![1]);
                 config.cid_generator(move || Box::new(cids.generator(engine)));
                 quinn_proto::Endpoint::new(Arc::new(config), Some(self.server.clone()), true, None)
             })

@@ -465,6 +465,20 @@ impl EngineCore {
         self.timers.first().map(|&(t, _)| t)
     }
 
+    /// The engine stops with connections still open (the drain limit
+    /// passed): they end here, and the endpoint stops counting them, so
+    /// that `wait_idle` and `shutdown` return.
+    pub fn abandon_remaining(&mut self) {
+        let n = self.conns.len();
+        for (_, conn) in self.conns.drain() {
+            conn.lock().fail(ConnectionError::LocallyClosed);
+        }
+        let endpoint = &self.shared.endpoint;
+        if n > 0 && endpoint.open_connections.fetch_sub(n, Ordering::Relaxed) == n {
+            endpoint.idle.notify_waiters();
+        }
+    }
+
     pub fn is_closing(&self) -> bool {
         self.closing_since.is_some()
     }

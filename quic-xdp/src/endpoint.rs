@@ -121,6 +121,7 @@ impl Endpoint {
         let running = Arc::new(AtomicUsize::new(groups.len()));
         let admission = Arc::new(admission);
         let handler = ServeHandler::default();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::new();
         for (index, (proto, queues)) in protos.into_iter().zip(groups).enumerate() {
             let peers = Peers {
@@ -136,13 +137,12 @@ impl Endpoint {
             );
             let engine = Engine::new(core, queues, peers);
             let (datapath, running) = (datapath.clone(), running.clone());
+            let started = started_tx.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("quic-xdp-engine-{index}"))
                     .spawn(move || {
-                        if let Err(e) = engine.run() {
-                            tracing::error!(error = %e, engine = index, "engine failed to start");
-                        }
+                        engine.run(started);
                         // The last engine out closes the sockets and
                         // detaches the XDP program.
                         if running.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -151,19 +151,34 @@ impl Endpoint {
                     })?,
             );
         }
-        tracing::info!(%mode, %local, engines = threads.len(), "endpoint bound");
+        let engines_started = (0..threads.len()).try_for_each(|_| {
+            started_rx
+                .recv()
+                .unwrap_or_else(|_| Err(std::io::Error::other("an engine thread ended early")))
+        });
+        let inner = EndpointInner {
+            shared,
+            engines,
+            local,
+            mode: mode.clone(),
+            dev_ca,
+            queues: counters,
+            handler,
+            datapath,
+            threads: Mutex::new(threads),
+        };
+        if let Err(e) = engines_started {
+            // The engines that did start stop; the last one out detaches
+            // XDP.
+            inner.close(VarInt::from_u32(0), Bytes::new());
+            for thread in std::mem::take(&mut *inner.threads.lock().unwrap()) {
+                let _ = thread.join();
+            }
+            return Err(Error::Engine(e));
+        }
+        tracing::info!(%mode, %local, engines = inner.engines.len(), "endpoint bound");
         Ok(Self {
-            inner: Arc::new(EndpointInner {
-                shared,
-                engines,
-                local,
-                mode,
-                dev_ca,
-                queues: counters,
-                handler,
-                datapath,
-                threads: Mutex::new(threads),
-            }),
+            inner: Arc::new(inner),
         })
     }
 

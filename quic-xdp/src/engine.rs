@@ -39,6 +39,10 @@ use crate::{
 const BATCHES_PER_PASS: usize = 2;
 /// How often a closing engine looks at its drain deadline.
 const CLOSING_TICK: Duration = Duration::from_millis(100);
+/// Passes in a row a blocked transmit is retried right away, and how
+/// long the engine waits between retries after that.
+const BLOCKED_YIELDS: u32 = 64;
+const BLOCKED_BACKOFF: Duration = Duration::from_millis(1);
 
 /// Where an engine's peers are, for routing.
 pub(crate) struct Peers {
@@ -92,15 +96,25 @@ impl Engine {
     /// Runs the engine, and the handlers of its connections, on this
     /// thread until the endpoint is closed and every connection has
     /// drained (or the drain limit passed).
-    pub fn run(self) -> io::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+    /// `started` hears once whether the engine could start (runtime,
+    /// readiness registration): an endpoint must not serve with a queue
+    /// that nobody reads.
+    pub fn run(self, started: std::sync::mpsc::Sender<io::Result<()>>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()?;
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                let _ = started.send(Err(e));
+                return;
+            }
+        };
         let tasks = tokio::task::LocalSet::new();
-        tasks.block_on(&runtime, self.run_passes())
+        tasks.block_on(&runtime, self.run_passes(started));
     }
 
-    async fn run_passes(mut self) -> io::Result<()> {
+    async fn run_passes(mut self, started: std::sync::mpsc::Sender<io::Result<()>>) {
         // Registered for readability only.
         let fds = self
             .queues
@@ -114,8 +128,19 @@ impl Engine {
                 let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
                 Ok((i, fd))
             })
-            .collect::<io::Result<Vec<_>>>()?;
+            .collect::<io::Result<Vec<_>>>();
+        let fds = match fds {
+            Ok(fds) => {
+                let _ = started.send(Ok(()));
+                fds
+            }
+            Err(e) => {
+                let _ = started.send(Err(e));
+                return;
+            }
+        };
         let mut sleep = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        let mut blocked_passes = 0u32;
         loop {
             self.core.shared().waker.reset();
             let now = Instant::now();
@@ -132,32 +157,39 @@ impl Engine {
                 self.core.collect_dirty_and_expired(Instant::now());
             }
             let now = Instant::now();
-            let blocked = self.core.drive_touched(now, &mut self.queues);
+            let mut blocked = self.core.drive_touched(now, &mut self.queues);
             self.core.send_responses(&mut self.queues);
             for q in &mut self.queues {
                 if let Err(e) = q.flush() {
                     tracing::warn!(error = %e, "datapath flush failed");
                 }
+                // The kernel was busy: what it did not take is only sent
+                // by another flush.
+                blocked |= q.tx_pending();
             }
             if self.core.finished(now) {
                 break;
             }
+            blocked_passes = if blocked { blocked_passes + 1 } else { 0 };
             if received == 0 {
-                if blocked {
+                if blocked && blocked_passes <= BLOCKED_YIELDS {
                     // Room frees up as the kernel sends: let the other
                     // tasks run, then try again.
                     tokio::task::yield_now().await;
                 } else {
-                    self.wait(&fds, sleep.as_mut()).await;
+                    // Still blocked (a link down, completions stopped):
+                    // back off instead of spinning.
+                    let retry = blocked.then(|| Instant::now() + BLOCKED_BACKOFF);
+                    self.wait(&fds, sleep.as_mut(), retry).await;
                 }
             }
         }
         drop(fds);
+        self.core.abandon_remaining();
         for q in &mut self.queues {
             q.refresh_counters();
         }
         tracing::debug!(engine = self.peers.index, "engine stopped");
-        Ok(())
     }
 
     /// Starts the serve handler for the connections accepted this pass.
@@ -258,15 +290,22 @@ impl Engine {
     }
 
     /// Sleeps until a queue is readable, the engine is woken (API calls,
-    /// forwarded datagrams, commands), or the next connection timer.
-    async fn wait(&self, fds: &[(usize, AsyncFd<QueueFd>)], mut sleep: Pin<&mut Sleep>) {
-        let wake_at = match (self.core.next_deadline(), self.core.is_closing()) {
-            (deadline, true) => {
-                let tick = Instant::now() + CLOSING_TICK;
-                Some(deadline.map_or(tick, |d| d.min(tick)))
-            }
-            (deadline, false) => deadline,
-        };
+    /// forwarded datagrams, commands), the next connection timer, or
+    /// `retry` (a blocked transmit).
+    async fn wait(
+        &self,
+        fds: &[(usize, AsyncFd<QueueFd>)],
+        mut sleep: Pin<&mut Sleep>,
+        retry: Option<Instant>,
+    ) {
+        let closing = self
+            .core
+            .is_closing()
+            .then(|| Instant::now() + CLOSING_TICK);
+        let wake_at = [self.core.next_deadline(), closing, retry]
+            .into_iter()
+            .flatten()
+            .min();
         if let Some(t) = wake_at {
             sleep.as_mut().reset(t.into());
         }
