@@ -15,7 +15,10 @@ use quinn::crypto::rustls::QuicClientConfig;
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "QUIC echo client (quinn): loads an echo server and checks every byte"
+)]
 struct Args {
     /// The echo server.
     server: SocketAddr,

@@ -6,7 +6,10 @@ use clap::Parser;
 use quic_xdp::Connection;
 
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "QUIC echo server on quic-xdp (AF_XDP): echoes streams and datagrams"
+)]
 struct Args {
     #[command(flatten)]
     server: server::ServerArgs,

@@ -26,7 +26,10 @@ use rustls_pki_types::{CertificateDer, pem::PemObject};
 mod common;
 
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "HTTP/3 load generator for any server: closed or open loop, latency percentiles"
+)]
 struct Args {
     /// URLs to request, in turn (https://host:port/path).
     #[arg(required = true)]

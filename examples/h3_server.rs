@@ -9,17 +9,23 @@ use clap::Parser;
 use quic_xdp::h3::H3Connection;
 
 mod common;
+mod root_dir;
 mod server;
 mod site;
 mod stop;
 
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "HTTP/3 static file server on quic-xdp (AF_XDP): serves --root and /bytes/N"
+)]
 struct Args {
     #[command(flatten)]
     server: server::ServerArgs,
-    /// Directory to serve files from.
-    #[arg(long, default_value = ".")]
+    /// Directory to serve files from (required: nothing is served by
+    /// default). Dotfiles, files outside it and non-regular files are not
+    /// served.
+    #[arg(long)]
     root: PathBuf,
     /// Largest /bytes/N body served.
     #[arg(long, default_value_t = 1 << 30)]
@@ -44,7 +50,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         root.display()
     );
     let site = site::Site {
-        root,
+        root: std::sync::Arc::new(
+            root_dir::RootDir::open(&root)
+                .with_context(|| format!("opening {}", root.display()))?,
+        ),
         max_generated: args.max_generated,
     };
     server::serve(&args.server, endpoint, move |conn| {

@@ -9,11 +9,15 @@ use quinn::crypto::rustls::QuicServerConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 mod common;
+mod root_dir;
 mod site;
 mod stop;
 
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "The same HTTP/3 site on quinn + h3-quinn over kernel UDP (the benchmarks' reference)"
+)]
 struct Args {
     #[arg(short, long, default_value = "::")]
     address: std::net::IpAddr,
@@ -57,7 +61,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     let endpoint = quinn::Endpoint::server(config, SocketAddr::new(args.address, args.port))?;
     let site = site::Site {
-        root: args.root.canonicalize()?,
+        root: std::sync::Arc::new(root_dir::RootDir::open(&args.root)?),
         max_generated: args.max_generated,
     };
     println!("listening on {}", endpoint.local_addr()?);

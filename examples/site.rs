@@ -1,9 +1,11 @@
 //! What the HTTP/3 example servers serve: files under a root directory
 //! and generated bodies at /bytes/N, over any QUIC implementation that
 //! speaks h3's traits (quic-xdp here, quinn in the benchmark's peer).
+//! GET and HEAD; files are opened through `RootDir` (never outside the
+//! root, no dotfiles, regular files only) with a Content-Type by extension.
 
 use std::{
-    path::{Component, Path, PathBuf},
+    sync::Arc,
     task::{Context, Poll, Waker},
 };
 
@@ -18,8 +20,8 @@ const CHUNK: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct Site {
-    /// Canonical directory to serve files from.
-    pub root: PathBuf,
+    /// The directory files are served from.
+    pub root: Arc<crate::root_dir::RootDir>,
     /// Largest /bytes/N body served.
     pub max_generated: u64,
 }
@@ -67,21 +69,36 @@ where
     S: SendStream<Bytes> + RecvStream,
 {
     tracing::debug!(method = %request.method(), uri = %request.uri(), "request");
-    if request.method() != http::Method::GET {
-        return status(stream, http::StatusCode::METHOD_NOT_ALLOWED).await;
-    }
+    let head = match *request.method() {
+        http::Method::GET => false,
+        http::Method::HEAD => true,
+        _ => {
+            let response = http::Response::builder()
+                .status(http::StatusCode::METHOD_NOT_ALLOWED)
+                .header("allow", "GET, HEAD")
+                .body(())?;
+            stream.send_response(response).await?;
+            return Ok(stream.finish().await?);
+        }
+    };
     let path = request.uri().path();
     if let Some(n) = path.strip_prefix("/bytes/") {
         return match n.parse::<u64>() {
-            Ok(n) if n <= site.max_generated => generated(stream, n).await,
+            Ok(n) if n <= site.max_generated => generated(stream, n, head).await,
             _ => status(stream, http::StatusCode::BAD_REQUEST).await,
         };
     }
-    match resolve(&site.root, path) {
-        Some(file) => match tokio::fs::File::open(&file).await {
-            Ok(f) if f.metadata().await.is_ok_and(|m| m.is_file()) => send_file(stream, f).await,
-            _ => status(stream, http::StatusCode::NOT_FOUND).await,
-        },
+    match site.root.open_file(path) {
+        Some(file) => {
+            let content_type = if path.ends_with('/') {
+                "text/html"
+            } else {
+                mime_guess::from_path(path)
+                    .first_raw()
+                    .unwrap_or("application/octet-stream")
+            };
+            send_file(stream, tokio::fs::File::from_std(file), content_type, head).await
+        }
         None => status(stream, http::StatusCode::NOT_FOUND).await,
     }
 }
@@ -95,19 +112,6 @@ fn end_request<S: SendStream<Bytes> + RecvStream>(stream: &mut RequestStream<S, 
     if !matches!(stream.poll_recv_data(&mut cx), Poll::Ready(Ok(None))) {
         stream.stop_sending(h3::error::Code::H3_NO_ERROR);
     }
-}
-
-/// `path` under `root`, refusing anything that could leave it.
-fn resolve(root: &Path, path: &str) -> Option<PathBuf> {
-    let relative = Path::new(path.trim_start_matches('/'));
-    if relative
-        .components()
-        .any(|c| !matches!(c, Component::Normal(_)))
-    {
-        return None;
-    }
-    let full = root.join(relative).canonicalize().ok()?;
-    full.starts_with(root).then_some(full)
 }
 
 async fn status<S: SendStream<Bytes> + RecvStream>(
@@ -125,12 +129,15 @@ async fn status<S: SendStream<Bytes> + RecvStream>(
 async fn generated<S: SendStream<Bytes> + RecvStream>(
     stream: &mut RequestStream<S, Bytes>,
     n: u64,
+    head: bool,
 ) -> anyhow::Result<()> {
     let response = http::Response::builder()
         .status(200)
         .header("content-length", n)
+        .header("content-type", "application/octet-stream")
         .body(())?;
     stream.send_response(response).await?;
+    let n = if head { 0 } else { n };
     // Made once per process: a request costs no generation, only refcounts.
     static PATTERN: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
     let chunk = PATTERN.get_or_init(|| (0..CHUNK).map(|i| (i % 251) as u8).collect());
@@ -147,13 +154,19 @@ async fn generated<S: SendStream<Bytes> + RecvStream>(
 async fn send_file<S: SendStream<Bytes> + RecvStream>(
     stream: &mut RequestStream<S, Bytes>,
     mut file: tokio::fs::File,
+    content_type: &str,
+    head: bool,
 ) -> anyhow::Result<()> {
     let len = file.metadata().await?.len();
     let response = http::Response::builder()
         .status(200)
         .header("content-length", len)
+        .header("content-type", content_type)
         .body(())?;
     stream.send_response(response).await?;
+    if head {
+        return Ok(stream.finish().await?);
+    }
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = file.read(&mut buf).await?;

@@ -39,6 +39,8 @@ def main():
                 sha256=hashlib.sha256(r.content).hexdigest(),
                 http_version=r.http_version,
                 content_length=r.headers.get("content-length"),
+                content_type=r.headers.get("content-type"),
+                allow=r.headers.get("allow"),
             )
         except Exception as e:  # reported, the test decides
             entry["error"] = str(e)

@@ -39,6 +39,8 @@ fn start_server(net: &TestNet, name: &str) -> Server {
     let root = dir.join("root");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("small.txt"), b"hello over HTTP/3\n").unwrap();
+    // Never served: a dotfile, as a key or a .git directory would be.
+    std::fs::write(root.join(".secret"), b"private").unwrap();
     std::fs::write(root.join("big.bin"), pattern(3_000_000, 7)).unwrap();
     let mut child = net
         .server
@@ -269,7 +271,12 @@ fn curl_client_gets_every_response_on_one_session() {
     // Many requests on one connection (libcurl keeps it between requests).
     gets.extend((1..=20).map(|i| format!("/bytes/{}", i * 1313)));
     let mut specs: Vec<String> = gets.iter().map(|p| format!("GET:{p}")).collect();
-    specs.extend(["GET:/missing".into(), "HEAD:/small.txt".into()]);
+    specs.extend([
+        "GET:/missing".into(),
+        "HEAD:/small.txt".into(),
+        "GET:/.secret".into(),
+        "POST:/small.txt".into(),
+    ]);
     let report = curl(&net, &server, &specs);
     let responses = report["responses"].as_array().unwrap();
     assert_eq!(responses.len(), specs.len(), "{report}");
@@ -281,11 +288,20 @@ fn curl_client_gets_every_response_on_one_session() {
         assert_eq!(r["length"], want.len(), "{path}: {r}");
         assert_eq!(r["sha256"], sha256_hex(&want), "{path}: body differs");
     }
+    assert_eq!(responses[0]["content_type"], "text/plain", "{}", responses[0]);
     let missing = &responses[gets.len()];
     assert_eq!(missing["status"], 404, "{missing}");
-    // h3-server answers GET only: HEAD gets a clean 405, not a reset.
+    // HEAD: the GET's headers, no body.
     let head = &responses[gets.len() + 1];
-    assert_eq!(head["status"], 405, "{head}");
+    assert_eq!(head["status"], 200, "{head}");
+    assert_eq!(head["length"], 0, "{head}");
+    let small = expected("/small.txt", &root).len().to_string();
+    assert_eq!(head["content_length"], small.as_str(), "{head}");
+    let hidden = &responses[gets.len() + 2];
+    assert_eq!(hidden["status"], 404, "a dotfile was served: {hidden}");
+    let post = &responses[gets.len() + 3];
+    assert_eq!(post["status"], 405, "{post}");
+    assert_eq!(post["allow"], "GET, HEAD", "{post}");
 }
 
 /// Runs the libcurl (curl_cffi) client script from the client namespace;
