@@ -32,7 +32,10 @@ struct Args {
     max_generated: u64,
 }
 
-#[tokio::main]
+// One thread for the runtime: connections are served on the engine threads
+// (Endpoint::serve); this one binds, waits for the stop signal and reads the
+// counters, and keeps the capabilities that takes after --user.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     common::init_logging();
     common::exit_code(run(Args::parse()).await)

@@ -40,6 +40,10 @@ pub struct ServerArgs {
     /// rate (default: one second's worth).
     #[arg(long, requires = "initial_rate")]
     pub initial_burst: Option<u32>,
+    /// Once the program is attached and the sockets are open, run as this
+    /// user, keeping only CAP_BPF and CAP_NET_ADMIN.
+    #[arg(long)]
+    pub user: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -63,6 +67,9 @@ impl ServerArgs {
         if let Some(interface) = &self.interface {
             builder = builder.interface(interface);
         }
+        if let Some(user) = &self.user {
+            builder = builder.run_as(user);
+        }
         if let Some(per_second) = self.initial_rate {
             let rate = quic_xdp::datapath::program::InitialRate {
                 per_second,
@@ -73,9 +80,19 @@ impl ServerArgs {
         if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
             builder = builder.cert_files(cert, key);
         }
+        // Opened before binding: with --user the process cannot create it
+        // afterwards.
+        let mut ca_file = match self.cert {
+            None => Some(
+                std::fs::File::create(&self.ca_out)
+                    .with_context(|| format!("creating {}", self.ca_out.display()))?,
+            ),
+            Some(_) => None,
+        };
         let endpoint = builder.bind().context("starting the endpoint")?;
-        if let Some(ca) = endpoint.dev_ca_certificate() {
-            std::fs::write(&self.ca_out, certs::certificate_pem(ca))
+        if let (Some(ca), Some(file)) = (endpoint.dev_ca_certificate(), ca_file.as_mut()) {
+            use std::io::Write;
+            file.write_all(certs::certificate_pem(ca).as_bytes())
                 .with_context(|| format!("writing {}", self.ca_out.display()))?;
             println!("dev CA written to {}", self.ca_out.display());
         }

@@ -64,23 +64,30 @@ impl AddressWatcher {
         let thread = std::thread::Builder::new()
             .name("quic-xdp-addrs".into())
             .spawn(move || {
+                // Updating the program's map takes CAP_BPF, also after the
+                // process drops its privileges (see `privileges`).
+                crate::privileges::keep_only_for_this_thread(caps::Capability::CAP_BPF);
                 let mut buf = vec![0u8; 64 * 1024];
                 let mut last: Option<Vec<IpAddr>> = None;
+                let mut changed = true; // read once at start
                 while !flag.load(Ordering::Relaxed) {
-                    match interface_addresses(&interface) {
-                        Ok(now) if last.as_ref() != Some(&now) => {
-                            on_change(&now);
-                            last = Some(now);
+                    // After a privilege drop: CAP_BPF alone, within one
+                    // stop check.
+                    crate::privileges::raise(caps::Capability::CAP_BPF);
+                    if changed {
+                        match interface_addresses(&interface) {
+                            Ok(now) if last.as_ref() != Some(&now) => {
+                                on_change(&now);
+                                last = Some(now);
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, interface, "reading addresses"),
                         }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, interface, "reading addresses"),
                     }
                     // Wait for the next address event (or the stop check),
                     // then drain what queued: one re-read covers them all.
-                    if !readable(&socket, STOP_CHECK) {
-                        continue;
-                    }
-                    while socket.recv(&mut &mut buf[..], 0).is_ok() {}
+                    changed = readable(&socket, STOP_CHECK);
+                    while changed && socket.recv(&mut &mut buf[..], 0).is_ok() {}
                 }
             })?;
         Ok(Self {

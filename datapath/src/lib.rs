@@ -12,6 +12,7 @@ pub mod addresses;
 pub mod datapath;
 pub mod echo;
 pub mod error;
+pub mod privileges;
 pub mod program;
 pub mod wire;
 

@@ -194,10 +194,14 @@ impl KernelNeighbors {
     /// for it.
     fn solicit(&mut self, hop: IpAddr) -> io::Result<()> {
         let msg = self.neighbour_message(hop, NeighbourFlags::Use);
-        self.request(
-            RouteNetlinkMessage::NewNeighbour(msg),
-            NLM_F_REQUEST | NLM_F_CREATE,
-        )
+        // RTM_NEWNEIGH takes CAP_NET_ADMIN: effective only for this call
+        // (see `privileges`).
+        crate::privileges::with_raised(caps::Capability::CAP_NET_ADMIN, || {
+            self.request(
+                RouteNetlinkMessage::NewNeighbour(msg),
+                NLM_F_REQUEST | NLM_F_CREATE,
+            )
+        })
         .map(drop)
     }
 

@@ -35,6 +35,11 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 /// The h3-server over XDP on the server side, serving a directory with a
 /// small and a 3 MB file.
 fn start_server(net: &TestNet, name: &str) -> Server {
+    start_server_with(net, name, &[])
+}
+
+/// Like `start_server`, with more flags.
+fn start_server_with(net: &TestNet, name: &str, extra: &[&str]) -> Server {
     let dir = std::env::temp_dir().join(format!("qx-interop-{name}-{}", std::process::id()));
     let root = dir.join("root");
     std::fs::create_dir_all(&root).unwrap();
@@ -57,14 +62,16 @@ fn start_server(net: &TestNet, name: &str) -> Server {
         .arg(&root)
         .arg("--ca-out")
         .arg(dir.join("ca.pem"))
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let server = Server { child, dir };
-    let lines: Vec<String> = BufReader::new(stdout)
-        .lines()
+    let mut reader = BufReader::new(stdout).lines();
+    let lines: Vec<String> = reader
+        .by_ref()
         .map_while(Result::ok)
         .take_while(|l| !l.starts_with("listening"))
         .collect();
@@ -72,6 +79,9 @@ fn start_server(net: &TestNet, name: &str) -> Server {
         lines.iter().any(|l| l.starts_with("mode: xdp")),
         "{lines:?}"
     );
+    // Keep reading: a server that exits normally prints its counters, and
+    // a closed pipe would fail that.
+    std::thread::spawn(move || reader.for_each(drop));
     server
 }
 
@@ -288,7 +298,11 @@ fn curl_client_gets_every_response_on_one_session() {
         assert_eq!(r["length"], want.len(), "{path}: {r}");
         assert_eq!(r["sha256"], sha256_hex(&want), "{path}: body differs");
     }
-    assert_eq!(responses[0]["content_type"], "text/plain", "{}", responses[0]);
+    assert_eq!(
+        responses[0]["content_type"], "text/plain",
+        "{}",
+        responses[0]
+    );
     let missing = &responses[gets.len()];
     assert_eq!(missing["status"], 404, "{missing}");
     // HEAD: the GET's headers, no body.
@@ -317,4 +331,144 @@ fn sha256_hex(data: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// `--user`: once XDP is attached and the sockets are open, h3-server runs
+/// as nobody with only CAP_BPF and CAP_NET_ADMIN (bounding set included;
+/// its engine threads with none effective), still serves over XDP, and
+/// still detaches XDP when stopped.
+#[test]
+fn h3_server_drops_to_a_user_and_keeps_serving() {
+    if !privileged() {
+        return;
+    }
+    let net = TestNet::create(&TestNetConfig::default()).unwrap();
+    let mut server = start_server_with(&net, "user", &["--user", "nobody"]);
+    let pid = server.child.id();
+    let status = |task: &str| std::fs::read_to_string(format!("/proc/{pid}/{task}status")).unwrap();
+    let field = |status: &str, name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let main = status("");
+    assert_eq!(field(&main, "Uid"), "65534 65534 65534 65534", "{main}");
+    assert_eq!(field(&main, "Gid"), "65534 65534 65534 65534", "{main}");
+    // CAP_NET_ADMIN (12) and CAP_BPF (39), nothing else.
+    let kept = format!("{:016x}", (1u64 << 12) | (1u64 << 39));
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(field(&main, set), kept, "{set}: {main}");
+    }
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap();
+        if comm.starts_with("quic-xdp-engine") {
+            let s = std::fs::read_to_string(task.join("status")).unwrap();
+            assert_eq!(
+                field(&s, "CapEff"),
+                "0000000000000000",
+                "engine thread: {s}"
+            );
+        }
+    }
+    let report = curl(
+        &net,
+        &server,
+        &["GET:/small.txt".into(), "GET:/bytes/300000".into()],
+    );
+    for r in report["responses"].as_array().unwrap() {
+        assert_eq!(r["status"], 200, "{r}");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(!net.server_xdp_attached(), "XDP still attached after exit");
+}
+
+/// The systemd unit's capabilities are enough: h3-server started as a
+/// non-root user with exactly its AmbientCapabilities (and that bounding
+/// set) loads XDP, serves over it, and detaches when stopped.
+#[test]
+fn the_systemd_units_capabilities_suffice() {
+    if !privileged() {
+        return;
+    }
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/h3-server.service"),
+    )
+    .unwrap();
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .expect("AmbientCapabilities in the unit")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let caps = caps.join(",");
+    let net = TestNet::create(&TestNetConfig::default()).unwrap();
+    let dir = std::env::temp_dir().join(format!("qx-unit-{}", std::process::id()));
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("small.txt"), b"hello over HTTP/3\n").unwrap();
+    let certs = certs::DevCerts::localhost().unwrap();
+    certs.write_pem(&dir).unwrap();
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let f = f.unwrap().path();
+        let mode = if f.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+    let mut child = net
+        .server
+        .command("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(format!("--inh-caps={caps}"))
+        .arg(format!("--ambient-caps={caps}"))
+        .arg(format!("--bounding-set=-all,{caps}"))
+        .arg(env!("CARGO_BIN_EXE_h3-server"))
+        .args([
+            "--interface",
+            TestNet::SERVER_IF,
+            "--mode",
+            "xdp",
+            "--port",
+            "4433",
+        ])
+        .arg("--root")
+        .arg(&root)
+        .arg("--cert")
+        .arg(dir.join(certs::CERT_FILE))
+        .arg("--key")
+        .arg(dir.join(certs::KEY_FILE))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let head: Vec<String> = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .take_while(|l| !l.starts_with("listening"))
+        .collect();
+    std::thread::spawn(move || lines.for_each(drop));
+    let server = Server { child, dir };
+    assert!(
+        head.iter().any(|l| l.starts_with("mode: xdp")),
+        "not serving over XDP with the unit's capabilities {caps}: {head:?}"
+    );
+    // curl() trusts <dir>/ca.pem: certs::CA_FILE.
+    let report = curl(&net, &server, &["GET:/small.txt".into()]);
+    assert_eq!(report["responses"][0]["status"], 200, "{report}");
+    let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut server = server;
+    assert!(server.child.wait().unwrap().success());
+    assert!(!net.server_xdp_attached(), "XDP still attached after exit");
 }

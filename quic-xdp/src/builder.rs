@@ -51,6 +51,7 @@ pub struct EndpointBuilder {
     max_connections: usize,
     retry: RetryPolicy,
     reset_secret: Option<[u8; 32]>,
+    run_as: Option<String>,
 }
 
 impl EndpointBuilder {
@@ -64,6 +65,7 @@ impl EndpointBuilder {
             max_connections: 10_000,
             retry: RetryPolicy::WhenBusy { unvalidated: 256 },
             reset_secret: None,
+            run_as: None,
         }
     }
 
@@ -142,11 +144,25 @@ impl EndpointBuilder {
         self
     }
 
+    /// Once the datapath is open (program attached, sockets bound), switch
+    /// the process to `user`, keeping only the capabilities serving needs
+    /// (CAP_BPF, CAP_NET_ADMIN: see `datapath::privileges`). The engine
+    /// threads start after the switch. Call `bind` on the thread that
+    /// will read `Endpoint::stats` (the steering counters take CAP_BPF):
+    /// threads that already exist keep no capability.
+    pub fn run_as(mut self, user: impl Into<String>) -> Self {
+        self.run_as = Some(user.into());
+        self
+    }
+
     /// Opens the datapath and starts the engine threads.
     pub fn bind(mut self) -> Result<Endpoint, Error> {
         // TLS and keys first: a bad certificate fails before XDP attaches.
         let quic = self.quic_config()?;
         let mut datapath = Datapath::open(&self.datapath)?;
+        if let Some(user) = &self.run_as {
+            datapath::privileges::drop_to_user(user)?;
+        }
         let groups = datapath.take_queue_groups();
         let (protos, cids) = quic.endpoints(groups.len());
         let admission = self.admission();

@@ -100,6 +100,9 @@ impl Engine {
     /// readiness registration): an endpoint must not serve with a queue
     /// that nobody reads.
     pub fn run(self, started: std::sync::mpsc::Sender<io::Result<()>>) {
+        // Handlers run here: after a privilege drop, with no effective
+        // capability (neighbour solicitation raises CAP_NET_ADMIN itself).
+        datapath::privileges::lower_for_this_thread(datapath::privileges::NEIGHBOUR_CAP);
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
