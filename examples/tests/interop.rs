@@ -69,20 +69,26 @@ fn start_server_with(net: &TestNet, name: &str, extra: &[&str]) -> Server {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let server = Server { child, dir };
-    let mut reader = BufReader::new(stdout).lines();
-    let lines: Vec<String> = reader
-        .by_ref()
-        .map_while(Result::ok)
-        .take_while(|l| !l.starts_with("listening"))
-        .collect();
+    let lines = until_listening(stdout);
     assert!(
         lines.iter().any(|l| l.starts_with("mode: xdp")),
         "{lines:?}"
     );
-    // Keep reading: a server that exits normally prints its counters, and
-    // a closed pipe would fail that.
-    std::thread::spawn(move || reader.for_each(drop));
     server
+}
+
+/// The server's output up to its "listening" line; the rest is read (and
+/// dropped) meanwhile: a server that exits normally prints its counters,
+/// and a closed pipe would fail that.
+fn until_listening(stdout: std::process::ChildStdout) -> Vec<String> {
+    let mut reader = BufReader::new(stdout).lines();
+    let lines = reader
+        .by_ref()
+        .map_while(Result::ok)
+        .take_while(|l| !l.starts_with("listening"))
+        .collect();
+    std::thread::spawn(move || reader.for_each(drop));
+    lines
 }
 
 fn expected(path: &str, root: &Path) -> Vec<u8> {
@@ -451,13 +457,7 @@ fn the_systemd_units_capabilities_suffice() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("setpriv (util-linux)");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let head: Vec<String> = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .take_while(|l| !l.starts_with("listening"))
-        .collect();
-    std::thread::spawn(move || lines.for_each(drop));
+    let head = until_listening(child.stdout.take().unwrap());
     let server = Server { child, dir };
     assert!(
         head.iter().any(|l| l.starts_with("mode: xdp")),
