@@ -32,6 +32,7 @@ use quinn_proto::{
 use crate::{
     Connecting, Connection, Incoming,
     builder::RetryPolicy,
+    shared::lock,
     shared::{Command, ConnRef, ConnShared, ConnState, EngineShared, PendingTransmit},
 };
 
@@ -184,9 +185,15 @@ impl EngineCore {
 
     /// Carries out what the application decided since the last pass.
     pub fn run_commands(&mut self, now: Instant) {
-        let commands = std::mem::take(&mut *self.shared.commands.lock().unwrap());
+        let commands = std::mem::take(&mut *lock(&self.shared.commands));
         for command in commands {
-            if !matches!(command, Command::Close { .. }) {
+            if matches!(
+                command,
+                Command::Accept { .. }
+                    | Command::Refuse(..)
+                    | Command::Retry(..)
+                    | Command::Ignore(..)
+            ) {
                 self.decided();
             }
             match command {
@@ -204,6 +211,8 @@ impl EngineCore {
                 Command::Retry(incoming, queue) => self.retry(incoming, queue),
                 Command::Ignore(incoming) => self.endpoint.ignore(incoming),
                 Command::Close { code, reason } => self.close(code, reason, now),
+                #[cfg(feature = "test-hooks")]
+                Command::Panic => panic!("test-only engine panic"),
             }
         }
     }
@@ -226,7 +235,7 @@ impl EngineCore {
                 self.handshaking += 1;
                 let endpoint = &self.shared.endpoint;
                 endpoint.open_connections.fetch_add(1, Ordering::Relaxed);
-                endpoint.stats.lock().unwrap().accepted += 1;
+                lock(&endpoint.stats).accepted += 1;
                 self.touched.push(handle);
                 Ok(shared)
             }
@@ -252,7 +261,7 @@ impl EngineCore {
         self.tx_buf.clear();
         let t = self.endpoint.refuse(incoming, &mut self.tx_buf);
         self.queue_response(queue, &t);
-        self.shared.endpoint.stats.lock().unwrap().refused += 1;
+        lock(&self.shared.endpoint.stats).refused += 1;
     }
 
     fn retry(&mut self, incoming: quinn_proto::Incoming, queue: usize) {
@@ -260,7 +269,7 @@ impl EngineCore {
         match self.endpoint.retry(incoming, &mut self.tx_buf) {
             Ok(t) => {
                 self.queue_response(queue, &t);
-                self.shared.endpoint.stats.lock().unwrap().retried += 1;
+                lock(&self.shared.endpoint.stats).retried += 1;
             }
             // Already validated: retrying again is not allowed.
             Err(e) => self.endpoint.ignore(e.into_incoming()),
@@ -274,7 +283,7 @@ impl EngineCore {
         // Attempts still waiting for the application: refuse those this
         // engine received (the others refuse their own).
         let mine: Vec<Incoming> = {
-            let mut waiting = endpoint.incoming.lock().unwrap();
+            let mut waiting = lock(&endpoint.incoming);
             let (mine, theirs): (Vec<_>, Vec<_>) = waiting
                 .drain(..)
                 .partition(|i: &Incoming| Arc::ptr_eq(i.engine(), &self.shared));
@@ -328,7 +337,7 @@ impl EngineCore {
                 continue;
             }
             let incoming = Incoming::new(incoming, queue, self.shared.clone());
-            endpoint.incoming.lock().unwrap().push_back(incoming);
+            lock(&endpoint.incoming).push_back(incoming);
             endpoint.incoming_ready.notify_one();
         }
     }
@@ -336,7 +345,7 @@ impl EngineCore {
     /// Marks the connections the API touched, and those whose timer
     /// expired, for this pass.
     pub fn collect_dirty_and_expired(&mut self, now: Instant) {
-        self.touched.append(&mut self.shared.dirty.lock().unwrap());
+        self.touched.append(&mut lock(&self.shared.dirty));
         while let Some(&(deadline, h)) = self.timers.first() {
             if deadline > now {
                 break;
@@ -471,6 +480,7 @@ impl EngineCore {
     pub fn abandon_remaining(&mut self) {
         let n = self.conns.len();
         for (_, conn) in self.conns.drain() {
+            // Poison-tolerant: this also runs while a panic unwinds.
             conn.lock().fail(ConnectionError::LocallyClosed);
         }
         let endpoint = &self.shared.endpoint;
@@ -488,6 +498,15 @@ impl EngineCore {
         self.closing_since.is_some_and(|since| {
             self.conns.is_empty() || now.saturating_duration_since(since) >= DRAIN_LIMIT
         })
+    }
+}
+
+/// However the core goes (drained, the drain limit, a panic unwinding
+/// through the engine), its connections end with it: their tasks wake with
+/// an error and the endpoint stops counting them.
+impl Drop for EngineCore {
+    fn drop(&mut self) {
+        self.abandon_remaining();
     }
 }
 

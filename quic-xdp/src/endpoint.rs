@@ -24,6 +24,7 @@ use crate::{
     cid::CidScheme,
     core::{Admission, EngineCore, Handler, ServeHandler},
     engine::{Engine, Peers},
+    shared::lock,
     shared::{Command, EndpointShared, EngineShared},
 };
 
@@ -83,6 +84,27 @@ impl EndpointInner {
     }
 }
 
+/// Engine `index` panicked (its connections already failed as its core
+/// unwound): the endpoint fails closed rather than serve part of its
+/// queues. Every other engine closes and drains; the last one out detaches
+/// XDP; `accept` returns None, so the application can stop or start anew.
+fn fail_closed(engines: &[Arc<EngineShared>], index: usize) {
+    tracing::error!(engine = index, "engine panicked: closing the endpoint");
+    engines[index].die();
+    let endpoint = &engines[index].endpoint;
+    endpoint.closed.store(true, Ordering::Release);
+    endpoint.incoming_ready.notify_waiters();
+    for engine in engines {
+        engine.command(Command::Close {
+            code: VarInt::from_u32(0),
+            reason: Bytes::from_static(b"server error"),
+        });
+    }
+    if endpoint.open_connections.load(Ordering::Acquire) == 0 {
+        endpoint.idle.notify_waiters();
+    }
+}
+
 impl Drop for EndpointInner {
     fn drop(&mut self) {
         self.close(VarInt::from_u32(0), Bytes::new());
@@ -138,15 +160,19 @@ impl Endpoint {
             let engine = Engine::new(core, queues, peers);
             let (datapath, running) = (datapath.clone(), running.clone());
             let started = started_tx.clone();
+            let all = engines.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("quic-xdp-engine-{index}"))
                     .spawn(move || {
-                        engine.run(started);
+                        let run = std::panic::AssertUnwindSafe(|| engine.run(started));
+                        if std::panic::catch_unwind(run).is_err() {
+                            fail_closed(&all, index);
+                        }
                         // The last engine out closes the sockets and
                         // detaches the XDP program.
                         if running.fetch_sub(1, Ordering::AcqRel) == 1 {
-                            drop(datapath.lock().unwrap().take());
+                            drop(lock(&datapath).take());
                         }
                     })?,
             );
@@ -171,7 +197,7 @@ impl Endpoint {
             // The engines that did start stop; the last one out detaches
             // XDP.
             inner.close(VarInt::from_u32(0), Bytes::new());
-            for thread in std::mem::take(&mut *inner.threads.lock().unwrap()) {
+            for thread in std::mem::take(&mut *lock(&inner.threads)) {
                 let _ = thread.join();
             }
             return Err(Error::Engine(e));
@@ -189,7 +215,7 @@ impl Endpoint {
             let notified = shared.incoming_ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(incoming) = shared.incoming.lock().unwrap().pop_front() {
+            if let Some(incoming) = lock(&shared.incoming).pop_front() {
                 return Some(incoming);
             }
             if shared.closed.load(Ordering::Acquire) {
@@ -246,6 +272,13 @@ impl Endpoint {
         self.inner.dev_ca.as_ref()
     }
 
+    /// Test-only: makes engine `index` panic, to test containment.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn panic_engine_for_test(&self, index: usize) {
+        self.inner.engines[index].command(Command::Panic);
+    }
+
     /// Closes every connection with `code` and stops accepting.
     pub fn close(&self, code: VarInt, reason: &[u8]) {
         self.inner.close(code, Bytes::copy_from_slice(reason));
@@ -271,7 +304,7 @@ impl Endpoint {
     pub async fn shutdown(&self) {
         self.close(VarInt::from_u32(0), b"");
         self.wait_idle().await;
-        let threads = std::mem::take(&mut *self.inner.threads.lock().unwrap());
+        let threads = std::mem::take(&mut *lock(&self.inner.threads));
         let _ = tokio::task::spawn_blocking(move || {
             for thread in threads {
                 let _ = thread.join();
@@ -293,7 +326,7 @@ impl Endpoint {
         }
         EndpointStats {
             open_connections: self.inner.shared.open_connections.load(Ordering::Relaxed),
-            admission: *self.inner.shared.stats.lock().unwrap(),
+            admission: *lock(&self.inner.shared.stats),
             datapath,
             queues,
             steering: self

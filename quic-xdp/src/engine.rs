@@ -31,6 +31,7 @@ use tokio::{
 use crate::{
     cid::CidScheme,
     core::EngineCore,
+    shared::lock,
     shared::{EngineShared, Forwarded},
 };
 
@@ -269,7 +270,7 @@ impl Engine {
             }
         }
         if forwarded > 0 {
-            let mut stats = core.shared().endpoint.stats.lock().unwrap();
+            let mut stats = lock(&core.shared().endpoint.stats);
             stats.forwarded += forwarded - dropped;
             stats.forward_dropped += dropped;
         }
@@ -278,7 +279,7 @@ impl Engine {
 
     /// Handles what other engines received for connections owned here.
     fn receive_forwarded(&mut self, now: Instant) -> usize {
-        let inbox = std::mem::take(&mut *self.core.shared().inbox.lock().unwrap());
+        let inbox = std::mem::take(&mut *lock(&self.core.shared().inbox));
         let n = inbox.len();
         for f in inbox {
             let queue = if f.via_kernel {

@@ -12,7 +12,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     task::{Context, Poll, Waker},
@@ -23,6 +23,13 @@ use atomic_waker::AtomicWaker;
 
 use bytes::Bytes;
 use quinn_proto::{ConnectionError, ConnectionHandle, Dir, StreamEvent, StreamId, VarInt};
+
+/// Locks `m`, poisoned or not. A panicking engine (see `Endpoint::start`)
+/// must not make every later user of the endpoint panic in turn, least of
+/// all in a Drop during unwinding, which aborts the process.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Requests from the tokio side that need the `quinn_proto::Endpoint`.
 pub(crate) enum Command {
@@ -39,6 +46,9 @@ pub(crate) enum Command {
         code: VarInt,
         reason: Bytes,
     },
+    /// Test-only: the engine panics while carrying it out.
+    #[cfg(feature = "test-hooks")]
+    Panic,
 }
 
 /// Wakes the engine task: from its own thread (a handler's write) that is
@@ -118,6 +128,8 @@ pub(crate) struct EngineShared {
     /// Datagrams other engines received for this engine's connections.
     pub inbox: Mutex<Vec<Forwarded>>,
     pub endpoint: Arc<EndpointShared>,
+    /// Set when the engine thread panicked: nothing reaches it any more.
+    dead: AtomicBool,
 }
 
 impl EngineShared {
@@ -128,7 +140,17 @@ impl EngineShared {
             dirty: Mutex::new(Vec::new()),
             inbox: Mutex::new(Vec::new()),
             endpoint,
+            dead: AtomicBool::new(false),
         }
+    }
+
+    /// The engine thread panicked: what waits for it is dropped (an
+    /// accept's reply channel closes, its `Connecting` fails), and so is
+    /// whatever comes later.
+    pub fn die(&self) {
+        self.dead.store(true, Ordering::Release);
+        lock(&self.commands).clear();
+        lock(&self.inbox).clear();
     }
 
     /// Hands datagrams another engine received to this one, up to
@@ -136,7 +158,7 @@ impl EngineShared {
     /// room (QUIC recovers them as losses). Empties `list`.
     pub fn forward(&self, list: &mut Vec<Forwarded>) -> usize {
         let dropped = {
-            let mut inbox = self.inbox.lock().unwrap();
+            let mut inbox = lock(&self.inbox);
             let room = INBOX_LIMIT.saturating_sub(inbox.len());
             let dropped = list.len().saturating_sub(room);
             list.truncate(list.len() - dropped);
@@ -149,7 +171,10 @@ impl EngineShared {
     }
 
     pub fn command(&self, command: Command) {
-        self.commands.lock().unwrap().push(command);
+        if self.dead.load(Ordering::Acquire) {
+            return; // dropped: reply channels close
+        }
+        lock(&self.commands).push(command);
         self.waker.wake();
     }
 }
@@ -182,7 +207,7 @@ impl ConnShared {
     }
 
     pub fn lock(&self) -> MutexGuard<'_, ConnState> {
-        self.state.lock().unwrap()
+        lock(&self.state)
     }
 
     /// Changes the connection's state, then tells the engine to transmit
@@ -205,7 +230,7 @@ impl ConnShared {
     /// Tells the engine this connection has something to send.
     pub fn wake_engine(&self) {
         if !self.dirty.swap(true, Ordering::AcqRel) {
-            self.engine.dirty.lock().unwrap().push(self.handle);
+            lock(&self.engine.dirty).push(self.handle);
             self.engine.waker.wake();
         }
     }

@@ -381,3 +381,35 @@ async fn serve_runs_handlers_on_the_engine_threads() {
         .await
         .unwrap();
 }
+
+/// A panicking engine is contained: its connections end with an error,
+/// the endpoint fails closed (accept returns None), shutdown returns, and
+/// the process goes on.
+#[tokio::test]
+async fn a_panicking_engine_fails_the_endpoint_closed() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    let (conn_tx, conn_rx) = tokio::sync::oneshot::channel();
+    let accepting = ep.clone();
+    tokio::spawn(async move {
+        let conn = accepting.accept().await.unwrap().accept().await.unwrap();
+        let _ = conn_tx.send(conn);
+    });
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    let _client_conn = connect(&client, server).await;
+    let server_conn = conn_rx.await.unwrap();
+    ep.panic_engine_for_test(0);
+    let reason = timeout(Duration::from_secs(5), server_conn.closed())
+        .await
+        .expect("the connection ended");
+    assert_eq!(reason, ConnectionError::LocallyClosed);
+    assert!(
+        timeout(Duration::from_secs(5), ep.accept())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    timeout(Duration::from_secs(10), ep.shutdown())
+        .await
+        .expect("shutdown returned");
+    assert_eq!(ep.stats().open_connections, 0);
+}

@@ -240,3 +240,28 @@ async fn serve_over_xdp_runs_handlers_on_the_engine_threads() {
     assert_served_over_xdp(&ep);
     ep.shutdown().await;
 }
+
+/// A panicking engine over XDP: the endpoint fails closed, shutdown
+/// returns, and the XDP program is detached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_engine_detaches_xdp_and_shutdown_returns() {
+    let Some((net, ep)) = xdp_endpoint(|b| b) else {
+        return;
+    };
+    let _handled = serve_echo(&ep);
+    let server = net.server_addr(false, PORT);
+    let client = quinn_client(&net, server, &ep);
+    let conn = connect(&client, server).await;
+    assert_eq!(echo_stream(&conn, b"before").await, b"before");
+    ep.panic_engine_for_test(0);
+    assert!(
+        timeout(Duration::from_secs(5), ep.accept())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    timeout(Duration::from_secs(10), ep.shutdown())
+        .await
+        .expect("shutdown returned");
+    assert!(!net.server_xdp_attached(), "XDP still attached");
+}
