@@ -388,3 +388,14 @@ pub fn assert_served_over_xdp(ep: &Endpoint) {
         "{d:?}"
     );
 }
+
+/// After an engine panicked: accept returns None and shutdown returns.
+pub async fn assert_fails_closed(ep: &Endpoint) {
+    let next = tokio::time::timeout(std::time::Duration::from_secs(5), ep.accept())
+        .await
+        .expect("accept returned");
+    assert!(next.is_none(), "still accepting after an engine panic");
+    tokio::time::timeout(std::time::Duration::from_secs(10), ep.shutdown())
+        .await
+        .expect("shutdown returned");
+}
