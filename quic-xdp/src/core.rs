@@ -474,21 +474,6 @@ impl EngineCore {
         self.timers.first().map(|&(t, _)| t)
     }
 
-    /// The engine stops with connections still open (the drain limit
-    /// passed): they end here, and the endpoint stops counting them, so
-    /// that `wait_idle` and `shutdown` return.
-    pub fn abandon_remaining(&mut self) {
-        let n = self.conns.len();
-        for (_, conn) in self.conns.drain() {
-            // Poison-tolerant: this also runs while a panic unwinds.
-            conn.lock().fail(ConnectionError::LocallyClosed);
-        }
-        let endpoint = &self.shared.endpoint;
-        if n > 0 && endpoint.open_connections.fetch_sub(n, Ordering::Relaxed) == n {
-            endpoint.idle.notify_waiters();
-        }
-    }
-
     pub fn is_closing(&self) -> bool {
         self.closing_since.is_some()
     }
@@ -501,12 +486,21 @@ impl EngineCore {
     }
 }
 
-/// However the core goes (drained, the drain limit, a panic unwinding
-/// through the engine), its connections end with it: their tasks wake with
-/// an error and the endpoint stops counting them.
+/// However the core goes (drained, stopped at the drain limit with
+/// connections still open, a panic unwinding through the engine), its
+/// connections end with it: their tasks wake with an error and the
+/// endpoint stops counting them, so that `wait_idle` and `shutdown` return.
 impl Drop for EngineCore {
     fn drop(&mut self) {
-        self.abandon_remaining();
+        let n = self.conns.len();
+        for (_, conn) in self.conns.drain() {
+            // Poison-tolerant: this also runs while a panic unwinds.
+            conn.lock().fail(ConnectionError::LocallyClosed);
+        }
+        let endpoint = &self.shared.endpoint;
+        if n > 0 && endpoint.open_connections.fetch_sub(n, Ordering::Relaxed) == n {
+            endpoint.idle.notify_waiters();
+        }
     }
 }
 

@@ -31,8 +31,7 @@ use tokio::{
 use crate::{
     cid::CidScheme,
     core::EngineCore,
-    shared::lock,
-    shared::{EngineShared, Forwarded},
+    shared::{EngineShared, Forwarded, lock},
 };
 
 /// Receive batches per queue in one pass before the connections that
@@ -96,7 +95,9 @@ impl Engine {
 
     /// Runs the engine, and the handlers of its connections, on this
     /// thread until the endpoint is closed and every connection has
-    /// drained (or the drain limit passed).
+    /// drained (or the drain limit passed); the core's Drop then ends the
+    /// connections still open.
+    ///
     /// `started` hears once whether the engine could start (runtime,
     /// readiness registration): an endpoint must not serve with a queue
     /// that nobody reads.
@@ -189,7 +190,6 @@ impl Engine {
             }
         }
         drop(fds);
-        self.core.abandon_remaining();
         for q in &mut self.queues {
             q.refresh_counters();
         }
