@@ -144,7 +144,7 @@ fn load(net: &TestNet, args: &Args, dir: &Path) -> anyhow::Result<Run> {
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json: serde_json::Value =
-        serde_json::from_str(&stdout[stdout.find('{').context("h3-load summary")?..])?;
+        serde_json::from_str(&stdout[stdout.find("\n{").context("h3-load summary")? + 1..])?;
     let errors: u64 = json["errors"]
         .as_object()
         .map_or(0, |e| e.values().filter_map(|v| v.as_u64()).sum());

@@ -3,7 +3,7 @@
 //! counters when it exits (Ctrl-C / SIGTERM, or --duration).
 
 use clap::Parser;
-use quic_xdp::Connection;
+use quic_xdp::{Connection, VarInt};
 
 #[derive(Parser)]
 #[command(
@@ -33,9 +33,14 @@ async fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let endpoint = args.server.bind(&args.alpn)?;
     println!("listening on {}", endpoint.local_addr());
-    server::serve(&args.server, endpoint, serve).await
+    server::serve(&args.server, endpoint, VarInt::from_u32(0), |conn, _| {
+        serve(conn)
+    })
+    .await
 }
 
+// Echo has no way to announce a drain: open streams finish within
+// --drain-timeout, then the connections close.
 async fn serve(conn: Connection) {
     let datagrams = conn.clone();
     tokio::spawn(async move {

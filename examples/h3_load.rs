@@ -174,7 +174,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         while Instant::now() < deadline && tally.claim(limit) {
                             let url = &urls[i % urls.len()];
                             i += 1;
-                            request(&mut sender, url, Instant::now(), timeout, &tally).await;
+                            if request(&mut sender, url, Instant::now(), timeout, &tally).await
+                                == Outcome::ConnectionGone
+                            {
+                                break;
+                            }
                         }
                     }));
                 }
@@ -240,6 +244,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(PartialEq, Eq)]
+enum Outcome {
+    Done,
+    /// The server is going away (GOAWAY) or the connection ended: no
+    /// further request can be sent on it.
+    ConnectionGone,
+}
+
+/// Error kinds a server's graceful shutdown causes: the request was never
+/// processed and may be retried elsewhere (RFC 9114 5.2).
+const NOT_SENT_GOAWAY: &str = "not sent: server going away";
+const REJECTED: &str = "rejected: not processed (H3_REQUEST_REJECTED)";
+
+/// What went wrong with a request, by kind; `fatal` when the connection
+/// can carry no more requests.
+fn stream_error(stage: &str, e: &h3::error::StreamError) -> (String, bool) {
+    use h3::error::{Code, StreamError};
+    match e {
+        StreamError::RemoteClosing { .. } => (NOT_SENT_GOAWAY.into(), true),
+        StreamError::RemoteTerminate { code, .. } if *code == Code::H3_REQUEST_REJECTED => {
+            (REJECTED.into(), false)
+        }
+        StreamError::ConnectionError { .. } => (format!("{stage}: {e}"), true),
+        _ => (stage.to_string(), false),
+    }
+}
+
 /// One GET, timed from `since`; counts the body, or the error by kind.
 async fn request(
     sender: &mut Sender,
@@ -247,34 +278,47 @@ async fn request(
     since: Instant,
     timeout: Duration,
     tally: &Tally,
-) {
+) -> Outcome {
     let exchange = async {
         let request = http::Request::get(url.clone())
             .body(())
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(|e| (format!("request: {e}"), false))?;
         let mut stream = sender
             .send_request(request)
             .await
-            .map_err(|_| "send".to_string())?;
-        stream.finish().await.map_err(|_| "send".to_string())?;
+            .map_err(|e| stream_error("send", &e))?;
+        stream
+            .finish()
+            .await
+            .map_err(|e| stream_error("send", &e))?;
         let response = stream
             .recv_response()
             .await
-            .map_err(|_| "response".to_string())?;
+            .map_err(|e| stream_error("response", &e))?;
         let mut bytes = 0u64;
-        while let Some(chunk) = stream.recv_data().await.map_err(|_| "body".to_string())? {
+        while let Some(chunk) = stream
+            .recv_data()
+            .await
+            .map_err(|e| stream_error("body", &e))?
+        {
             bytes += chunk.remaining() as u64;
         }
         if !response.status().is_success() {
-            return Err(format!("status {}", response.status().as_u16()));
+            return Err((format!("status {}", response.status().as_u16()), false));
         }
         Ok(bytes)
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(bytes)) => tally.done(since, bytes),
-        Ok(Err(kind)) => tally.error(kind),
+        Ok(Err((kind, fatal))) => {
+            tally.error(kind);
+            if fatal {
+                return Outcome::ConnectionGone;
+            }
+        }
         Err(_) => tally.error("timeout"),
     }
+    Outcome::Done
 }
 
 fn summarize(args: &Args, tally: &Tally, elapsed: Duration) -> serde_json::Value {

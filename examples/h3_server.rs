@@ -30,6 +30,13 @@ struct Args {
     /// Largest /bytes/N body served.
     #[arg(long, default_value_t = 1 << 30)]
     max_generated: u64,
+    /// Largest request header section accepted, in bytes (larger: 431).
+    #[arg(long, default_value_t = 16 * 1024)]
+    max_header_size: u64,
+    /// Seconds a client has to send a request's headers once it opened
+    /// the request stream.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    request_timeout: f64,
 }
 
 // One thread for the runtime: connections are served on the engine threads
@@ -58,9 +65,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("opening {}", root.display()))?,
         ),
         max_generated: args.max_generated,
+        max_header_size: args.max_header_size,
+        request_timeout: server::seconds("--request-timeout", args.request_timeout)?,
+        draining: tokio::sync::watch::channel(false).1,
     };
-    server::serve(&args.server, endpoint, move |conn| {
-        site::serve(H3Connection::new(conn), site.clone())
-    })
+    // After draining, what is left closes with H3_NO_ERROR (RFC 9114 8.1).
+    let h3_no_error = quic_xdp::VarInt::from_u32(0x100);
+    server::serve(
+        &args.server,
+        endpoint,
+        h3_no_error,
+        move |conn, draining| {
+            let site = site::Site {
+                draining,
+                ..site.clone()
+            };
+            site::serve(H3Connection::new(conn), site)
+        },
+    )
     .await
 }

@@ -60,9 +60,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tls.max_early_data_size = u32::MAX;
     let config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     let endpoint = quinn::Endpoint::server(config, SocketAddr::new(args.address, args.port))?;
+    // The benchmark's reference: same site limits as h3-server; it is
+    // stopped without draining.
+    let (_drain, draining) = tokio::sync::watch::channel(false);
     let site = site::Site {
         root: std::sync::Arc::new(root_dir::RootDir::open(&args.root)?),
         max_generated: args.max_generated,
+        max_header_size: 16 * 1024,
+        request_timeout: std::time::Duration::from_secs(10),
+        draining,
     };
     println!("listening on {}", endpoint.local_addr()?);
     let server = endpoint.clone();

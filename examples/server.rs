@@ -1,9 +1,14 @@
 //! What the example servers share: flags, binding, stopping, reporting.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use quic_xdp::{Endpoint, EndpointStats, Mode};
+use quic_xdp::{Endpoint, EndpointStats, Mode, RetryPolicy, VarInt};
+
+/// A duration given on the command line in seconds.
+pub fn seconds(flag: &str, secs: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(secs).with_context(|| format!("{flag} {secs}: not a duration"))
+}
 
 /// What every example server takes on the command line.
 #[derive(clap::Args)]
@@ -44,6 +49,33 @@ pub struct ServerArgs {
     /// user, keeping only CAP_BPF and CAP_NET_ADMIN.
     #[arg(long)]
     pub user: Option<String>,
+    /// When new clients must first prove their address with a Retry
+    /// round trip: never, always, or when-busy (once 256 handshakes are
+    /// pending).
+    #[arg(long, value_enum, default_value_t = RetryArg::WhenBusy)]
+    pub retry: RetryArg,
+    /// Connection attempts beyond this many open connections are refused.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Seconds a silent connection lives (QUIC idle timeout).
+    #[arg(long, value_name = "SECS", default_value_t = quic_xdp::DEFAULT_IDLE_TIMEOUT.as_secs_f64())]
+    pub idle_timeout: f64,
+    /// Streams a client may have open at once per connection (requests in
+    /// flight, for HTTP/3).
+    #[arg(long, default_value_t = quic_xdp::DEFAULT_MAX_CONCURRENT_STREAMS)]
+    pub max_streams: u32,
+    /// On SIGINT/SIGTERM: refuse new connections and let the open ones
+    /// finish (HTTP/3: GOAWAY) for up to this many seconds, then close
+    /// them. A second signal closes them at once.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub drain_timeout: f64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum RetryArg {
+    Never,
+    Always,
+    WhenBusy,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -63,7 +95,15 @@ impl ServerArgs {
                 ModeArg::Xdp => Mode::Xdp,
                 ModeArg::Udp => Mode::Udp,
             })
-            .alpn([alpn]);
+            .alpn([alpn])
+            .retry(match self.retry {
+                RetryArg::Never => RetryPolicy::Never,
+                RetryArg::Always => RetryPolicy::Always,
+                RetryArg::WhenBusy => RetryPolicy::WhenBusy { unvalidated: 256 },
+            })
+            .max_connections(self.max_connections)
+            .idle_timeout(seconds("--idle-timeout", self.idle_timeout)?)
+            .max_concurrent_streams(self.max_streams);
         if let Some(interface) = &self.interface {
             builder = builder.interface(interface);
         }
@@ -116,21 +156,51 @@ pub fn print_stats(stats: &EndpointStats) {
     }
 }
 
+/// Set once the server starts draining: handlers finish what is in
+/// flight and accept no more (HTTP/3: GOAWAY).
+pub type Draining = tokio::sync::watch::Receiver<bool>;
+
 /// Runs `handle` for every connection on the engine thread that owns it
 /// (`Endpoint::serve`: run to completion, no thread hand-off) until the
-/// server is stopped; then shuts down gracefully and prints the counters.
-pub async fn serve<F, Fut>(args: &ServerArgs, endpoint: Endpoint, handle: F) -> anyhow::Result<()>
+/// server is stopped; then drains (see `--drain-timeout`), closes what is
+/// left with `close_code`, and prints the counters.
+pub async fn serve<F, Fut>(
+    args: &ServerArgs,
+    endpoint: Endpoint,
+    close_code: VarInt,
+    handle: F,
+) -> anyhow::Result<()>
 where
-    F: Fn(quic_xdp::Connection) -> Fut + Send + Sync + 'static,
+    F: Fn(quic_xdp::Connection, Draining) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
+    let drain_timeout = seconds("--drain-timeout", args.drain_timeout)?;
+    let (drain, draining) = tokio::sync::watch::channel(false);
     endpoint.serve(move |conn| {
         tracing::debug!(remote = %conn.remote_address(), "connection established");
-        handle(conn)
+        handle(conn, draining.clone())
     })?;
     crate::stop::until_stopped(args.duration).await?;
-    let stats = endpoint.stats();
+
+    let open = endpoint.stats().open_connections;
+    println!("draining: refusing new connections; {open} open, up to {drain_timeout:?}");
+    endpoint.stop_accepting();
+    drain.send_replace(true);
+    tokio::select! {
+        _ = endpoint.wait_idle() => println!("drained"),
+        _ = tokio::time::sleep(drain_timeout) => println!(
+            "drain timeout: closing {} connections",
+            endpoint.stats().open_connections
+        ),
+        _ = crate::stop::until_stopped(None) => println!("stopped again: closing now"),
+    }
+    // The steering counters need the datapath, which shutdown closes; the
+    // queue counters are final only after it.
+    let steering = endpoint.stats().steering;
+    endpoint.close(close_code, b"server shutting down");
     endpoint.shutdown().await;
+    let mut stats = endpoint.stats();
+    stats.steering = steering;
     print_stats(&stats);
     Ok(())
 }

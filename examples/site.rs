@@ -7,6 +7,7 @@
 use std::{
     sync::Arc,
     task::{Context, Poll, Waker},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -24,6 +25,15 @@ pub struct Site {
     pub root: Arc<crate::root_dir::RootDir>,
     /// Largest /bytes/N body served.
     pub max_generated: u64,
+    /// Largest request header section accepted (SETTINGS_MAX_FIELD_SECTION_SIZE);
+    /// a larger one gets 431.
+    pub max_header_size: u64,
+    /// Time a client has to send a request's headers once it opened the
+    /// stream (slow clients would otherwise hold streams forever).
+    pub request_timeout: Duration,
+    /// Set when the server drains: each connection sends GOAWAY, finishes
+    /// the requests it has, and closes with H3_NO_ERROR.
+    pub draining: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Serves every request of one HTTP/3 connection.
@@ -32,31 +42,84 @@ where
     C: h3::quic::Connection<Bytes> + Send + 'static,
     C::BidiStream: Send + 'static,
 {
-    let mut h3 = match h3::server::Connection::<C, Bytes>::new(quic).await {
+    let built = h3::server::builder()
+        .max_field_section_size(site.max_header_size)
+        .build::<C, Bytes>(quic)
+        .await;
+    let mut h3 = match built {
         Ok(h3) => h3,
         Err(e) => return tracing::info!(error = %e, "HTTP/3 setup failed"),
     };
     tracing::debug!("HTTP/3 ready");
-    loop {
-        match h3.accept().await {
-            Ok(Some(resolver)) => {
-                tracing::debug!("request stream accepted");
-                let site = site.clone();
-                tokio::spawn(async move {
-                    match resolver.resolve_request().await {
-                        Ok((request, mut stream)) => {
-                            if let Err(e) = respond(request, &mut stream, &site).await {
-                                tracing::debug!(error = %e, "request failed");
-                            }
-                            end_request(&mut stream);
-                        }
-                        Err(e) => tracing::debug!(error = %e, "bad request"),
-                    }
-                });
+    let mut requests = tokio::task::JoinSet::new();
+    let mut drain = site.draining.clone();
+    let mut accepting = true;
+    // Draining (RFC 9114 5.2): a first GOAWAY with the largest ID stops
+    // the client from sending new requests; what it already sent is
+    // accepted until this deadline; then a second GOAWAY names the first
+    // request not accepted (safe for the client to retry elsewhere).
+    let mut draining = false;
+    let mut grace_until = None;
+    while accepting || !requests.is_empty() {
+        let grace = tokio::time::sleep_until(grace_until.unwrap_or_else(tokio::time::Instant::now));
+        tokio::select! {
+            accepted = h3.accept(), if accepting => match accepted {
+                Ok(Some(resolver)) => {
+                    tracing::debug!("request stream accepted");
+                    requests.spawn(handle(resolver, site.clone()));
+                }
+                // Nothing more to accept: the requests under way finish.
+                Ok(None) => accepting = false,
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection ended");
+                    // Their streams fail with the connection anyway.
+                    requests.detach_all();
+                    return;
+                }
+            },
+            Ok(()) = async { drain.wait_for(|d| *d).await.map(drop) }, if !draining => {
+                draining = true;
+                if let Err(e) = h3.shutdown(usize::MAX).await {
+                    return tracing::debug!(error = %e, "GOAWAY failed");
+                }
+                grace_until = Some(tokio::time::Instant::now() + GOAWAY_GRACE);
             }
-            Ok(None) => return,
-            Err(e) => return tracing::debug!(error = %e, "connection ended"),
+            _ = grace, if grace_until.is_some() => {
+                grace_until = None;
+                accepting = false;
+                if let Err(e) = h3.shutdown(1).await {
+                    return tracing::debug!(error = %e, "GOAWAY failed");
+                }
+            }
+            Some(_) = requests.join_next(), if !requests.is_empty() => {}
         }
+    }
+    // Dropping `h3` closes the connection with H3_NO_ERROR once the
+    // responses are acknowledged.
+}
+
+/// How long a draining connection keeps accepting the requests a client
+/// sent before it saw the first GOAWAY: a generous round trip.
+const GOAWAY_GRACE: Duration = Duration::from_millis(500);
+
+/// One request: its headers (within the request timeout), then the
+/// response, then the request side's end.
+async fn handle<C>(resolver: h3::server::RequestResolver<C, Bytes>, site: Site)
+where
+    C: h3::quic::Connection<Bytes>,
+{
+    let resolved = tokio::time::timeout(site.request_timeout, resolver.resolve_request()).await;
+    match resolved {
+        Ok(Ok((request, mut stream))) => {
+            if let Err(e) = respond(request, &mut stream, &site).await {
+                tracing::debug!(error = %e, "request failed");
+                // Not a FIN: a cut-short body must not look complete.
+                stream.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+            }
+            end_request(&mut stream);
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "bad request"),
+        Err(_) => tracing::debug!("request headers timed out"),
     }
 }
 

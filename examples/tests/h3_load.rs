@@ -16,6 +16,10 @@ impl Drop for Server {
 }
 
 fn start_server(port: u16, dir: &std::path::Path) -> Server {
+    start_server_with(port, dir, &[])
+}
+
+fn start_server_with(port: u16, dir: &std::path::Path, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_h3-server"))
         .args([
             "--address",
@@ -29,6 +33,7 @@ fn start_server(port: u16, dir: &std::path::Path) -> Server {
         .arg(dir)
         .arg("--ca-out")
         .arg(dir.join("ca.pem"))
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -50,7 +55,7 @@ fn load(args: &[&str]) -> (bool, serde_json::Value) {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let json = &stdout[stdout.find('{').expect("a JSON summary")..];
+    let json = &stdout[stdout.find("\n{").expect("a JSON summary") + 1..];
     (out.status.success(), serde_json::from_str(json).unwrap())
 }
 
@@ -116,5 +121,117 @@ fn counts_requests_and_errors_by_kind() {
     ]);
     assert!(!ok);
     assert_eq!(s["errors"]["status 404"], 7, "{s}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A quinn client trusting the server's dev CA, offering h3.
+fn quinn_client(ca: &std::path::Path) -> quinn::Endpoint {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    client
+}
+
+async fn get(
+    sender: &mut h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>,
+    url: &str,
+    extra_header: Option<(&str, String)>,
+) -> http::StatusCode {
+    let mut request = http::Request::get(url);
+    if let Some((name, value)) = extra_header {
+        request = request.header(name, value);
+    }
+    let mut stream = sender
+        .send_request(request.body(()).unwrap())
+        .await
+        .unwrap();
+    stream.finish().await.unwrap();
+    let status = stream.recv_response().await.unwrap().status();
+    while stream.recv_data().await.unwrap().is_some() {}
+    status
+}
+
+/// The limits h3-server takes on the command line, each exceeded: the
+/// offender gets the error RFC 9114/9000 name, the others are served.
+#[test]
+fn limits_answer_with_the_right_error_and_others_are_served() {
+    let dir = std::env::temp_dir().join(format!("qx-h3limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.html"), b"<h1>hi</h1>").unwrap();
+    let port = 48_000 + (std::process::id() % 1000) as u16;
+    let _server = start_server_with(
+        port,
+        &dir,
+        &[
+            "--max-header-size",
+            "1024",
+            "--request-timeout",
+            "1",
+            "--max-connections",
+            "2",
+            "--idle-timeout",
+            "2",
+        ],
+    );
+    let server: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let url = format!("https://localhost:{port}/index.html");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = quinn_client(&dir.join("ca.pem"));
+        let a = client.connect(server, "localhost").unwrap().await.unwrap();
+        let (mut driver, mut sender) = h3::client::new(h3_quinn::Connection::new(a.clone()))
+            .await
+            .unwrap();
+        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+
+        // A header section over --max-header-size: 431, the connection lives.
+        let big = Some(("x-padding", "p".repeat(4096)));
+        assert_eq!(get(&mut sender, &url, big).await, 431);
+        assert_eq!(get(&mut sender, &url, None).await, 200);
+
+        // A request stream whose headers never come: reset after
+        // --request-timeout with H3_REQUEST_CANCELLED, not ended as if
+        // answered.
+        let b = client.connect(server, "localhost").unwrap().await.unwrap();
+        let (mut send, mut recv) = b.open_bi().await.unwrap();
+        // The start of a HEADERS frame (type 1), and no more.
+        send.write_all(&[0x01]).await.unwrap();
+        let opened = std::time::Instant::now();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), recv.read_to_end(100))
+            .await
+            .expect("the silent request is given up on");
+        assert!(
+            matches!(read, Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) if code.into_inner() == 0x10c),
+            "{read:?}"
+        );
+        assert!(opened.elapsed() >= std::time::Duration::from_millis(900));
+
+        // Two connections open: a third is refused.
+        let refused = client.connect(server, "localhost").unwrap().await;
+        assert!(
+            matches!(&refused, Err(quinn::ConnectionError::ConnectionClosed(c)) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED),
+            "{refused:?}"
+        );
+        assert_eq!(get(&mut sender, &url, None).await, 200);
+
+        // --idle-timeout 2: the silent connection ends (h3's control
+        // streams send nothing once set up).
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), b.closed())
+            .await
+            .expect("idle connection closed");
+        assert_eq!(ended, quinn::ConnectionError::TimedOut);
+    });
     std::fs::remove_dir_all(dir).unwrap();
 }

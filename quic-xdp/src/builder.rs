@@ -1,10 +1,10 @@
 //! Configuring and binding an [`Endpoint`].
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use datapath::{Datapath, DatapathConfig, Mode};
 use quinn_proto::{
-    EndpointConfig, ServerConfig, TransportConfig, crypto::rustls::QuicServerConfig,
+    EndpointConfig, ServerConfig, TransportConfig, VarInt, crypto::rustls::QuicServerConfig,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
@@ -15,6 +15,11 @@ use ring::{
 };
 
 use crate::{Endpoint, Error, cid::CidScheme, core::Admission};
+
+/// How long a silent connection lives, unless configured.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Streams per direction a client may have open at once, unless configured.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// When new connections must first prove their address with a Retry
 /// round trip (costs the client one RTT, protects against spoofed floods).
@@ -47,6 +52,8 @@ pub struct EndpointBuilder {
     identity: Identity,
     alpn: Vec<Vec<u8>>,
     transport: Option<Arc<TransportConfig>>,
+    idle_timeout: Duration,
+    max_concurrent_streams: u32,
     server_config: Option<ServerConfig>,
     max_connections: usize,
     retry: RetryPolicy,
@@ -61,6 +68,8 @@ impl EndpointBuilder {
             identity: Identity::Dev,
             alpn: Vec::new(),
             transport: None,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             server_config: None,
             max_connections: 10_000,
             retry: RetryPolicy::WhenBusy { unvalidated: 256 },
@@ -112,6 +121,23 @@ impl EndpointBuilder {
         self
     }
 
+    /// A connection that hears nothing from its peer for this long is
+    /// closed (QUIC max_idle_timeout; the lower of both sides' values
+    /// applies). Default 30 s.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Streams a client may have open at once on one connection, per
+    /// direction (for HTTP/3: requests in flight). Default 100.
+    pub fn max_concurrent_streams(mut self, n: u32) -> Self {
+        self.max_concurrent_streams = n;
+        self
+    }
+
+    /// Every transport setting at once; `idle_timeout` and
+    /// `max_concurrent_streams` are then ignored.
     pub fn transport_config(mut self, config: TransportConfig) -> Self {
         self.transport = Some(Arc::new(config));
         self
@@ -193,14 +219,19 @@ impl EndpointBuilder {
                 .with_single_cert(certs, key)
                 .map_err(|e| Error::Tls(e.to_string()))?;
                 tls.alpn_protocols = std::mem::take(&mut self.alpn);
+                // TLS secrets go to the file SSLKEYLOGFILE names, if set
+                // (for Wireshark); without it this logs nothing.
+                tls.key_log = Arc::new(rustls::KeyLogFile::new());
                 // 0-RTT: quinn-proto requires exactly this value to enable it.
                 tls.max_early_data_size = u32::MAX;
                 let crypto =
                     QuicServerConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
                 let mut config = ServerConfig::with_crypto(Arc::new(crypto));
-                if let Some(t) = self.transport.take() {
-                    config.transport_config(t);
-                }
+                let transport = match self.transport.take() {
+                    Some(t) => t,
+                    None => Arc::new(self.transport_settings()?),
+                };
+                config.transport_config(transport);
                 (config, dev_ca)
             }
         };
@@ -219,6 +250,20 @@ impl EndpointBuilder {
             dev_ca,
             secret,
         })
+    }
+}
+
+impl EndpointBuilder {
+    fn transport_settings(&self) -> Result<TransportConfig, Error> {
+        let idle = quinn_proto::IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
+            Error::Config(format!("idle timeout {:?} too large", self.idle_timeout))
+        })?;
+        let streams = VarInt::from_u32(self.max_concurrent_streams);
+        let mut t = TransportConfig::default();
+        t.max_idle_timeout(Some(idle))
+            .max_concurrent_bidi_streams(streams)
+            .max_concurrent_uni_streams(streams);
+        Ok(t)
     }
 }
 

@@ -342,6 +342,15 @@ impl Connection {
         });
     }
 
+    /// Closes with `code` once the peer has acknowledged everything sent
+    /// on the streams this side finished (a response written and
+    /// finished just before is not lost), or at once if there is nothing
+    /// outstanding. Streams not finished are not waited for.
+    pub fn close_when_flushed(&self, code: VarInt, reason: &[u8]) {
+        self.0
+            .edit(|st| st.close_when_flushed(code, Bytes::copy_from_slice(reason)));
+    }
+
     /// Resolves when the connection ends, with the reason.
     pub async fn closed(&self) -> ConnectionError {
         poll_fn(|cx| {

@@ -306,14 +306,17 @@ impl EngineCore {
     }
 
     /// Decides the new connection attempts: refused over the connection
-    /// limit or while closing, asked to prove their address (Retry) when
+    /// limit, while draining or while closing, asked to prove their address (Retry) when
     /// the policy says so; then accepted here for the serve handler, or
     /// handed to the application's `accept`.
     pub fn admit_new(&mut self, now: Instant) {
         for (incoming, queue) in std::mem::take(&mut self.new_incoming) {
             let endpoint = self.shared.endpoint.clone();
             let open = endpoint.open_connections.load(Ordering::Relaxed);
-            if self.closing_since.is_some() || open >= self.admission.max_connections {
+            if self.closing_since.is_some()
+                || endpoint.refusing.load(Ordering::Relaxed)
+                || open >= self.admission.max_connections
+            {
                 self.refuse(incoming, queue);
                 continue;
             }

@@ -279,6 +279,14 @@ impl Endpoint {
         self.inner.engines[index].command(Command::Panic);
     }
 
+    /// Starts a graceful drain: from now on every new connection attempt
+    /// is refused (CONNECTION_REFUSED) while the open connections carry
+    /// on, so the application can finish them (e.g. HTTP/3 GOAWAY) and
+    /// then [`close`](Self::close) or [`shutdown`](Self::shutdown).
+    pub fn stop_accepting(&self) {
+        self.inner.shared.refusing.store(true, Ordering::Release);
+    }
+
     /// Closes every connection with `code` and stops accepting.
     pub fn close(&self, code: VarInt, reason: &[u8]) {
         self.inner.close(code, Bytes::copy_from_slice(reason));

@@ -7,6 +7,8 @@ pub enum Error {
     Datapath(#[from] datapath::Error),
     #[error("cannot read {path}: {reason}")]
     Certificate { path: PathBuf, reason: String },
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("invalid TLS configuration: {0}")]
     Tls(String),
     #[error("cannot start the engine thread: {0}")]

@@ -123,7 +123,13 @@ impl<B: Buf> quic::OpenStreams<B> for H3Opener {
 
     fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
         let code = VarInt::from_u64(code.value()).unwrap_or(VarInt::MAX);
-        self.conn.close(code, reason);
+        if code == H3_NO_ERROR {
+            // A graceful end (h3 drops its connection after the last
+            // response): the responses still in flight must arrive.
+            self.conn.close_when_flushed(code, reason);
+        } else {
+            self.conn.close(code, reason);
+        }
     }
 }
 
@@ -132,6 +138,10 @@ impl<B: Buf> quic::OpenStreams<B> for H3Opener {
 pub struct H3SendStream<B: Buf> {
     stream: SendStream,
     writing: Option<WriteBuf<B>>,
+    /// Whether h3 ever wrote to, finished or reset it: one dropped before
+    /// carries no response at all, and is reset rather than ended as if
+    /// complete.
+    used: bool,
 }
 
 impl<B: Buf> H3SendStream<B> {
@@ -139,6 +149,16 @@ impl<B: Buf> H3SendStream<B> {
         Self {
             stream,
             writing: None,
+            used: false,
+        }
+    }
+}
+
+impl<B: Buf> Drop for H3SendStream<B> {
+    fn drop(&mut self) {
+        // E.g. a request whose headers never came in time: RFC 9114 8.1.
+        if !self.used {
+            let _ = self.stream.reset(H3_REQUEST_CANCELLED);
         }
     }
 }
@@ -163,10 +183,12 @@ impl<B: Buf> quic::SendStream<B> for H3SendStream<B> {
             ));
         }
         self.writing = Some(data.into());
+        self.used = true;
         Ok(())
     }
 
     fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        self.used = true;
         ready!(quic::SendStream::<B>::poll_ready(self, cx))?;
         self.stream
             .finish()
@@ -175,6 +197,7 @@ impl<B: Buf> quic::SendStream<B> for H3SendStream<B> {
     }
 
     fn reset(&mut self, reset_code: u64) {
+        self.used = true;
         let _ = self
             .stream
             .reset(VarInt::from_u64(reset_code).unwrap_or(VarInt::MAX));
@@ -201,6 +224,7 @@ impl H3RecvStream {
 
 /// RFC 9114 8.1.
 const H3_NO_ERROR: VarInt = VarInt::from_u32(0x100);
+const H3_REQUEST_CANCELLED: VarInt = VarInt::from_u32(0x10c);
 
 impl quic::RecvStream for H3RecvStream {
     type Buf = Bytes;

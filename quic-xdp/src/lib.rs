@@ -38,7 +38,9 @@ pub mod h3;
 mod shared;
 mod streams;
 
-pub use builder::{EndpointBuilder, RetryPolicy};
+pub use builder::{
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS, EndpointBuilder, RetryPolicy,
+};
 pub use connection::{Connecting, Connection, Incoming, SendDatagramError};
 pub use datapath::{ActiveMode, Mode};
 pub use endpoint::{Endpoint, EndpointCounters, EndpointStats};

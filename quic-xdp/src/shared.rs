@@ -10,7 +10,7 @@
 //! never contended and every wake-up stays on that thread.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -96,6 +96,9 @@ pub(crate) struct EndpointShared {
     pub incoming_ready: tokio::sync::Notify,
     /// Set once the endpoint stops accepting.
     pub closed: AtomicBool,
+    /// Set while draining: new connection attempts are refused, open
+    /// connections carry on.
+    pub refusing: AtomicBool,
     /// Notified when the last connection is gone.
     pub idle: tokio::sync::Notify,
     pub open_connections: AtomicUsize,
@@ -260,9 +263,10 @@ impl Clone for ConnRef {
 impl Drop for ConnRef {
     fn drop(&mut self) {
         if self.0.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // Nobody can use the connection any more: close it politely.
+            // Nobody can use the connection any more: close it politely
+            // (unless a close already waits for the last acknowledgments).
             let mut st = self.0.lock();
-            if st.error.is_none() {
+            if st.error.is_none() && st.close_when_flushed.is_none() {
                 st.inner
                     .close(Instant::now(), VarInt::from_u32(0), Bytes::new());
                 st.fail(ConnectionError::LocallyClosed);
@@ -306,6 +310,11 @@ pub(crate) struct ConnState {
     pub on_available: [Vec<Waker>; 2],
     pub on_datagram: Vec<Waker>,
     pub on_closed: Vec<Waker>,
+    /// Streams this side finished whose data the peer has not all
+    /// acknowledged yet: a close that waits for them loses no response.
+    pub finishing: HashSet<StreamId>,
+    /// A close to carry out once `finishing` is empty.
+    pub close_when_flushed: Option<(VarInt, Bytes)>,
 }
 
 fn dir_index(dir: Dir) -> usize {
@@ -331,6 +340,34 @@ impl ConnState {
             on_available: [Vec::new(), Vec::new()],
             on_datagram: Vec::new(),
             on_closed: Vec::new(),
+            finishing: HashSet::new(),
+            close_when_flushed: None,
+        }
+    }
+
+    /// Finishes stream `id`; it stays in `finishing` until acknowledged.
+    pub fn finish(&mut self, id: StreamId) -> Result<(), quinn_proto::FinishError> {
+        self.inner.send_stream(id).finish()?;
+        self.finishing.insert(id);
+        Ok(())
+    }
+
+    /// Closes now, or once every finished stream is acknowledged.
+    pub fn close_when_flushed(&mut self, code: VarInt, reason: Bytes) {
+        if self.error.is_some() {
+            return;
+        }
+        self.close_when_flushed = Some((code, reason));
+        self.close_if_flushed();
+    }
+
+    fn close_if_flushed(&mut self) {
+        if !self.finishing.is_empty() {
+            return;
+        }
+        if let Some((code, reason)) = self.close_when_flushed.take() {
+            self.inner.close(Instant::now(), code, reason);
+            self.fail(ConnectionError::LocallyClosed);
         }
     }
 
@@ -354,8 +391,12 @@ impl ConnState {
             ConnectionLost { reason } => self.fail(reason),
             Stream(StreamEvent::Readable { id }) => wake(self.readers.remove(&id)),
             Stream(StreamEvent::Writable { id }) => wake(self.writers.remove(&id)),
-            Stream(StreamEvent::Stopped { id, .. }) => wake(self.writers.remove(&id)),
-            Stream(StreamEvent::Finished { id }) => wake(self.writers.remove(&id)),
+            Stream(StreamEvent::Stopped { id, .. } | StreamEvent::Finished { id }) => {
+                wake(self.writers.remove(&id));
+                if self.finishing.remove(&id) {
+                    self.close_if_flushed();
+                }
+            }
             Stream(StreamEvent::Opened { dir }) => wake_all(&mut self.on_opened[dir_index(dir)]),
             Stream(StreamEvent::Available { dir }) => {
                 wake_all(&mut self.on_available[dir_index(dir)])

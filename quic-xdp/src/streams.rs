@@ -140,19 +140,21 @@ impl SendStream {
     pub fn finish(&mut self) -> Result<(), ClosedStream> {
         self.done = true;
         let id = self.id;
-        self.conn
-            .edit(|st| match st.inner.send_stream(id).finish() {
-                // Stopped by the peer: nothing more will be sent either way.
-                Ok(()) | Err(FinishError::Stopped(_)) => Ok(()),
-                Err(FinishError::ClosedStream) => Err(ClosedStream::default()),
-            })
+        self.conn.edit(|st| match st.finish(id) {
+            // Stopped by the peer: nothing more will be sent either way.
+            Ok(()) | Err(FinishError::Stopped(_)) => Ok(()),
+            Err(FinishError::ClosedStream) => Err(ClosedStream::default()),
+        })
     }
 
     /// Abandons the stream: the peer sees RESET_STREAM with `code`.
     pub fn reset(&mut self, code: VarInt) -> Result<(), ClosedStream> {
         self.done = true;
         let id = self.id;
-        self.conn.edit(|st| st.inner.send_stream(id).reset(code))
+        self.conn.edit(|st| {
+            st.finishing.remove(&id);
+            st.inner.send_stream(id).reset(code)
+        })
     }
 }
 
@@ -160,8 +162,13 @@ impl Drop for SendStream {
     fn drop(&mut self) {
         if !self.done {
             let id = self.id;
-            self.conn.edit_if_live(|c| {
-                let _ = c.send_stream(id).finish();
+            self.conn.edit(|st| {
+                // Not while a close waits for acknowledgments: a FIN then
+                // would be news to the peer (for HTTP/3's control stream,
+                // a connection error) rather than a clean end.
+                if st.error.is_none() && st.close_when_flushed.is_none() {
+                    let _ = st.finish(id);
+                }
             });
         }
     }

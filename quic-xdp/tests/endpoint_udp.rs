@@ -231,9 +231,7 @@ async fn server_close_carries_code_and_reason() {
 
 #[tokio::test]
 async fn idle_connections_time_out_on_the_server() {
-    let mut transport = quic_xdp::TransportConfig::default();
-    transport.max_idle_timeout(Some(Duration::from_millis(300).try_into().unwrap()));
-    let (ep, server) = start(builder("127.0.0.1:0").transport_config(transport));
+    let (ep, server) = start(builder("127.0.0.1:0").idle_timeout(Duration::from_millis(300)));
     let server_ep = ep.clone();
     let closed = tokio::spawn(async move {
         let conn = server_ep.accept().await.unwrap().accept().await.unwrap();
@@ -307,10 +305,17 @@ async fn refusals_reach_the_client() {
     ep.shutdown().await;
 
     // ...and by the connection limit.
-    let (ep, server) = start(builder("127.0.0.1:0").max_connections(1));
+    refuses_the_next_client(builder("127.0.0.1:0").max_connections(1), |_| {}).await;
+}
+
+/// One client connects; after `then` a second is refused
+/// (CONNECTION_REFUSED, counted) while the first is still served.
+async fn refuses_the_next_client(b: EndpointBuilder, then: impl FnOnce(&Endpoint)) {
+    let (ep, server) = start(b);
     spawn_echo(ep.clone());
     let client = client(server, ep.dev_ca_certificate().unwrap());
     let first = connect(&client, server).await;
+    then(&ep);
     let err = client
         .connect(server, "localhost")
         .unwrap()
@@ -322,6 +327,75 @@ async fn refusals_reach_the_client() {
     );
     assert_eq!(echo_stream(&first, b"still served").await, b"still served");
     assert_eq!(ep.stats().admission.refused, 1);
+    ep.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_gets_only_the_configured_concurrent_streams() {
+    let (ep, server) = start(builder("127.0.0.1:0").max_concurrent_streams(2));
+    spawn_echo(ep.clone());
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    let conn = connect(&client, server).await;
+    // A stream counts once the server has seen it: send a byte on each.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"x").await.unwrap();
+        open.push((send, recv));
+    }
+    let third = timeout(Duration::from_millis(500), conn.open_bi()).await;
+    assert!(third.is_err(), "a third stream opened with a limit of 2");
+    let (mut send, mut recv) = open.pop().unwrap();
+    send.finish().unwrap();
+    assert_eq!(recv.read_to_end(10).await.unwrap(), b"x");
+    let (mut send, mut recv) = timeout(Duration::from_secs(5), conn.open_bi())
+        .await
+        .expect("a stream once one ended")
+        .unwrap();
+    send.write_all(b"y").await.unwrap();
+    send.finish().unwrap();
+    assert_eq!(recv.read_to_end(10).await.unwrap(), b"y");
+    ep.shutdown().await;
+}
+
+#[tokio::test]
+async fn stop_accepting_refuses_new_clients_and_keeps_serving_open_ones() {
+    refuses_the_next_client(builder("127.0.0.1:0"), Endpoint::stop_accepting).await;
+}
+
+/// close_when_flushed: a response written and finished just before the
+/// close arrives whole; a plain close would cut it off.
+#[tokio::test]
+async fn a_flushed_close_delivers_what_was_finished() {
+    const LEN: usize = 4_000_000;
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    let server_ep = ep.clone();
+    tokio::spawn(async move {
+        let conn = server_ep.accept().await.unwrap().accept().await.unwrap();
+        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+        recv.read_to_end(10).await.unwrap();
+        send.write_all(&pattern(LEN, 3)).await.unwrap();
+        send.finish().unwrap();
+        conn.close_when_flushed(VarInt::from_u32(7), b"done");
+    });
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    let conn = connect(&client, server).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.finish().unwrap();
+    let got = timeout(Duration::from_secs(10), recv.read_to_end(LEN))
+        .await
+        .unwrap()
+        .expect("the whole response before the close");
+    assert!(got == pattern(LEN, 3));
+    match timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .unwrap()
+    {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, quinn::VarInt::from_u32(7))
+        }
+        other => panic!("{other:?}"),
+    }
     ep.shutdown().await;
 }
 
