@@ -18,6 +18,7 @@ struct Args {
 }
 
 mod common;
+mod metrics;
 mod server;
 mod stop;
 
@@ -31,9 +32,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let endpoint = args.server.bind(&args.alpn)?;
-    println!("listening on {}", endpoint.local_addr());
-    server::serve(&args.server, endpoint, VarInt::from_u32(0), |conn, _| {
+    let bound = args.server.bind(&args.alpn)?;
+    println!("listening on {}", bound.endpoint.local_addr());
+    server::serve(&args.server, bound, VarInt::from_u32(0), |conn, _| {
         serve(conn)
     })
     .await

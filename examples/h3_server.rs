@@ -9,6 +9,7 @@ use clap::Parser;
 use quic_xdp::h3::H3Connection;
 
 mod common;
+mod metrics;
 mod root_dir;
 mod server;
 mod site;
@@ -53,10 +54,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .root
         .canonicalize()
         .with_context(|| format!("serving root {}", args.root.display()))?;
-    let endpoint = args.server.bind("h3")?;
+    let bound = args.server.bind("h3")?;
     println!(
         "listening on {}, serving {}",
-        endpoint.local_addr(),
+        bound.endpoint.local_addr(),
         root.display()
     );
     let site = site::Site {
@@ -71,17 +72,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     // After draining, what is left closes with H3_NO_ERROR (RFC 9114 8.1).
     let h3_no_error = quic_xdp::VarInt::from_u32(0x100);
-    server::serve(
-        &args.server,
-        endpoint,
-        h3_no_error,
-        move |conn, draining| {
-            let site = site::Site {
-                draining,
-                ..site.clone()
-            };
-            site::serve(H3Connection::new(conn), site)
-        },
-    )
+    server::serve(&args.server, bound, h3_no_error, move |conn, draining| {
+        let site = site::Site {
+            draining,
+            ..site.clone()
+        };
+        site::serve(H3Connection::new(conn), site)
+    })
     .await
 }

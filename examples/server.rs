@@ -69,6 +69,16 @@ pub struct ServerArgs {
     /// them. A second signal closes them at once.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub drain_timeout: f64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+}
+
+/// A bound endpoint, and the metrics listener if asked for (bound before
+/// the endpoint: after `--user` a low port could no longer be bound).
+pub struct Bound {
+    pub endpoint: Endpoint,
+    metrics: Option<std::net::TcpListener>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -88,7 +98,14 @@ pub enum ModeArg {
 impl ServerArgs {
     /// Binds the endpoint, writes the dev CA if one was generated, and
     /// prints the mode it really runs in.
-    pub fn bind(&self, alpn: &str) -> anyhow::Result<Endpoint> {
+    pub fn bind(&self, alpn: &str) -> anyhow::Result<Bound> {
+        let metrics = match self.metrics {
+            Some(addr) => Some(
+                std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("binding the metrics listener {addr}"))?,
+            ),
+            None => None,
+        };
         let mut builder = Endpoint::builder(SocketAddr::new(self.address, self.port))
             .mode(match self.mode {
                 ModeArg::Auto => Mode::Auto,
@@ -137,7 +154,10 @@ impl ServerArgs {
             println!("dev CA written to {}", self.ca_out.display());
         }
         println!("mode: {}", endpoint.mode());
-        Ok(endpoint)
+        if let Some(listener) = &metrics {
+            println!("metrics on http://{}/metrics", listener.local_addr()?);
+        }
+        Ok(Bound { endpoint, metrics })
     }
 }
 
@@ -166,7 +186,7 @@ pub type Draining = tokio::sync::watch::Receiver<bool>;
 /// left with `close_code`, and prints the counters.
 pub async fn serve<F, Fut>(
     args: &ServerArgs,
-    endpoint: Endpoint,
+    bound: Bound,
     close_code: VarInt,
     handle: F,
 ) -> anyhow::Result<()>
@@ -174,6 +194,10 @@ where
     F: Fn(quic_xdp::Connection, Draining) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
+    let Bound { endpoint, metrics } = bound;
+    if let Some(listener) = metrics {
+        crate::metrics::serve(listener, &endpoint)?;
+    }
     let drain_timeout = seconds("--drain-timeout", args.drain_timeout)?;
     let (drain, draining) = tokio::sync::watch::channel(false);
     endpoint.serve(move |conn| {

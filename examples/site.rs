@@ -53,19 +53,29 @@ where
     tracing::debug!("HTTP/3 ready");
     let mut requests = tokio::task::JoinSet::new();
     let mut drain = site.draining.clone();
+    let mut phase = Phase::Serving;
     let mut accepting = true;
-    // Draining (RFC 9114 5.2): a first GOAWAY with the largest ID stops
-    // the client from sending new requests; what it already sent is
-    // accepted until this deadline; then a second GOAWAY names the first
-    // request not accepted (safe for the client to retry elsewhere).
-    let mut draining = false;
-    let mut grace_until = None;
-    while accepting || !requests.is_empty() {
-        let grace = tokio::time::sleep_until(grace_until.unwrap_or_else(tokio::time::Instant::now));
+    let mut accepted_any = false;
+    loop {
+        let serving_done = !accepting || phase == Phase::Final;
+        if serving_done && requests.is_empty() {
+            break;
+        }
+        let grace_until = match phase {
+            Phase::Grace(until) => until,
+            _ => tokio::time::Instant::now(),
+        };
         tokio::select! {
             accepted = h3.accept(), if accepting => match accepted {
+                // Named by the final GOAWAY as not processed (h3 rejects
+                // the later ones itself): dropped unanswered, the client
+                // may retry it elsewhere.
+                Ok(Some(_)) if phase == Phase::Final => {
+                    tracing::debug!("request after the final GOAWAY: not processed");
+                }
                 Ok(Some(resolver)) => {
                     tracing::debug!("request stream accepted");
+                    accepted_any = true;
                     requests.spawn(handle(resolver, site.clone()));
                 }
                 // Nothing more to accept: the requests under way finish.
@@ -77,25 +87,42 @@ where
                     return;
                 }
             },
-            Ok(()) = async { drain.wait_for(|d| *d).await.map(drop) }, if !draining => {
-                draining = true;
-                if let Err(e) = h3.shutdown(usize::MAX).await {
+            Ok(()) = async { drain.wait_for(|d| *d).await.map(drop) }, if phase == Phase::Serving => {
+                // h3 can only name stream 0 before any request: then the
+                // first GOAWAY is the final one.
+                let (max_requests, next) = if accepted_any {
+                    (usize::MAX, Phase::Grace(tokio::time::Instant::now() + GOAWAY_GRACE))
+                } else {
+                    (0, Phase::Final)
+                };
+                if let Err(e) = h3.shutdown(max_requests).await {
                     return tracing::debug!(error = %e, "GOAWAY failed");
                 }
-                grace_until = Some(tokio::time::Instant::now() + GOAWAY_GRACE);
+                phase = next;
             }
-            _ = grace, if grace_until.is_some() => {
-                grace_until = None;
-                accepting = false;
+            _ = tokio::time::sleep_until(grace_until), if matches!(phase, Phase::Grace(_)) => {
+                // Names the first request not accepted yet.
                 if let Err(e) = h3.shutdown(1).await {
                     return tracing::debug!(error = %e, "GOAWAY failed");
                 }
+                phase = Phase::Final;
             }
             Some(_) = requests.join_next(), if !requests.is_empty() => {}
         }
     }
     // Dropping `h3` closes the connection with H3_NO_ERROR once the
     // responses are acknowledged.
+}
+
+/// Draining (RFC 9114 5.2): a first GOAWAY with the largest ID stops the
+/// client from sending new requests; what it already sent is accepted for
+/// a grace period; then a final GOAWAY names the first request not
+/// accepted (safe for the client to retry elsewhere).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    Grace(tokio::time::Instant),
+    Final,
 }
 
 /// How long a draining connection keeps accepting the requests a client

@@ -1,12 +1,15 @@
 //! The h3-load tool against the h3-server example on loopback (kernel
 //! UDP: no privileges needed): counts, JSON summary, errors by kind.
 
+mod support;
+
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
 };
+use support::value;
 
-struct Server(Child);
+struct Server(Child, Vec<String>);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -39,13 +42,12 @@ fn start_server_with(port: u16, dir: &std::path::Path, extra: &[&str]) -> Server
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let server = Server(child);
-    for line in BufReader::new(stdout).lines() {
-        if line.unwrap().starts_with("listening") {
-            break;
-        }
-    }
-    server
+    let head = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .take_while(|l| !l.starts_with("listening"))
+        .collect();
+    Server(child, head)
 }
 
 fn load(args: &[&str]) -> (bool, serde_json::Value) {
@@ -233,5 +235,81 @@ fn limits_answer_with_the_right_error_and_others_are_served() {
             .expect("idle connection closed");
         assert_eq!(ended, quinn::ConnectionError::TimedOut);
     });
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// GET /metrics over plain HTTP/1.0; the body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    write!(tcp, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    body.to_string()
+}
+
+/// `--metrics`: the endpoint's counters and histograms in the Prometheus
+/// (OpenMetrics) text format over HTTP, and they move under load.
+#[test]
+fn metrics_are_scraped_over_http_and_move_under_load() {
+    let dir = std::env::temp_dir().join(format!("qx-h3metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.html"), b"<h1>hi</h1>").unwrap();
+    let port = 49_000 + (std::process::id() % 1000) as u16;
+    let server = start_server_with(port, &dir, &["--metrics", "127.0.0.1:0"]);
+    let addr = server
+        .1
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("metrics on http://")?
+                .strip_suffix("/metrics")
+        })
+        .unwrap_or_else(|| panic!("no metrics address in {:?}", server.1))
+        .to_string();
+    let queue = format!("{{kind=\"udp\",queue=\"127.0.0.1:{port}\"}}");
+    let before = scrape(&addr);
+    assert_eq!(value(&before, "quic_xdp_connections_accepted_total"), 0.0);
+    assert_eq!(
+        value(&before, "quic_xdp_handshake_duration_seconds_count"),
+        0.0
+    );
+    for name in [
+        "quic_xdp_connections_open",
+        "quic_xdp_connections_refused_total",
+        "quic_xdp_connections_retried_total",
+        "quic_xdp_forward_dropped_datagrams_total",
+        "quic_xdp_connection_rtt_seconds_count",
+    ] {
+        value(&before, name);
+    }
+    let (ok, s) = load(&[
+        &format!("https://localhost:{port}/index.html"),
+        "--connect",
+        &format!("127.0.0.1:{port}"),
+        "--ca",
+        dir.join("ca.pem").to_str().unwrap(),
+        "-c",
+        "2",
+        "-n",
+        "50",
+    ]);
+    assert!(ok, "{s}");
+    let after = scrape(&addr);
+    assert_eq!(value(&after, "quic_xdp_connections_accepted_total"), 2.0);
+    assert_eq!(
+        value(&after, "quic_xdp_handshake_duration_seconds_count"),
+        2.0
+    );
+    let rx = format!("quic_xdp_datapath_rx_packets_total{queue}");
+    assert!(value(&after, &rx) >= 50.0, "{after}");
+    let tx = format!("quic_xdp_datapath_tx_bytes_total{queue}");
+    assert!(value(&after, &tx) > value(&before, &tx), "{after}");
+    drop(server);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -11,6 +11,8 @@ use std::{
     process::{Child, Stdio},
 };
 
+mod support;
+
 use datapath::testbed::{TestNet, TestNetConfig, privileged};
 
 struct Server {
@@ -356,7 +358,11 @@ fn h3_server_drops_to_a_user_and_keeps_serving() {
         return;
     }
     let net = TestNet::create(&TestNetConfig::default()).unwrap();
-    let mut server = start_server_with(&net, "user", &["--user", "nobody"]);
+    let mut server = start_server_with(
+        &net,
+        "user",
+        &["--user", "nobody", "--metrics", "10.77.0.2:9464"],
+    );
     let pid = server.child.id();
     let status = |task: &str| std::fs::read_to_string(format!("/proc/{pid}/{task}status")).unwrap();
     let field = |status: &str, name: &str| {
@@ -396,6 +402,23 @@ fn h3_server_drops_to_a_user_and_keeps_serving() {
     for r in report["responses"].as_array().unwrap() {
         assert_eq!(r["status"], 200, "{r}");
     }
+    // The metrics, scraped over TCP from the client side: the XDP verdicts
+    // still readable after the privilege drop, the AF_XDP queue counting.
+    let scrape = net
+        .client
+        .command("curl")
+        .args(["-sf", "http://10.77.0.2:9464/metrics"])
+        .output()
+        .unwrap();
+    assert!(scrape.status.success(), "{scrape:?}");
+    let metrics = String::from_utf8(scrape.stdout).unwrap();
+    let redirected = r#"quic_xdp_xdp_verdicts_total{reason="redirected"}"#;
+    assert!(support::value(&metrics, redirected) > 0.0, "{metrics}");
+    let rx = format!(
+        r#"quic_xdp_datapath_rx_packets_total{{kind="xsk",queue="{}/0"}}"#,
+        TestNet::SERVER_IF
+    );
+    assert!(support::value(&metrics, &rx) > 0.0, "{metrics}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -421,11 +421,15 @@ impl EngineCore {
                 Transmitted::Some => {}
             }
         };
+        let histograms = &self.shared.endpoint.histograms;
         if !was_connected && st.connected {
             self.handshaking -= 1;
+            histograms.handshake_done(now.saturating_duration_since(st.accepted));
         }
         if drained {
-            if !st.connected {
+            if st.connected {
+                histograms.connection_ended(st.inner.rtt());
+            } else {
                 self.handshaking -= 1;
             }
             st.fail(ConnectionError::LocallyClosed);

@@ -321,6 +321,20 @@ impl Endpoint {
         .await;
     }
 
+    /// Adds this endpoint's metrics to `registry` (Prometheus text format
+    /// via `prometheus_client::encoding::text::encode`): every counter of
+    /// [`stats`](Self::stats), read at each scrape, plus handshake and RTT
+    /// histograms. The registry does not keep the endpoint alive. Scrape
+    /// on the thread that called `bind` when the builder dropped
+    /// privileges (`run_as`): the XDP verdicts need CAP_BPF.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let endpoint = Arc::downgrade(&self.inner);
+        registry.register_collector(Box::new(crate::metrics::EndpointCollector {
+            stats: move || endpoint.upgrade().map(|inner| Endpoint { inner }.stats()),
+            histograms: self.inner.shared.histograms.clone(),
+        }));
+    }
+
     pub fn stats(&self) -> EndpointStats {
         let queues: Vec<(QueueKind, CounterSnapshot)> = self
             .inner

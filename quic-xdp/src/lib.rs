@@ -35,6 +35,7 @@ mod error;
 pub mod fuzzing;
 #[cfg(feature = "h3")]
 pub mod h3;
+mod metrics;
 mod shared;
 mod streams;
 
@@ -52,6 +53,8 @@ pub use streams::{ReadError, ReadToEndError, RecvStream, SendStream, WriteError}
 
 /// The datapath crate, for finer configuration and counters.
 pub use datapath;
+/// The Prometheus client `Endpoint::register_metrics` registers with.
+pub use prometheus_client;
 
 // The README's examples compile as doctests.
 #[cfg(doctest)]

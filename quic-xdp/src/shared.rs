@@ -106,6 +106,7 @@ pub(crate) struct EndpointShared {
     /// engine has not carried out yet.
     pub undecided: AtomicUsize,
     pub stats: Mutex<crate::endpoint::EndpointCounters>,
+    pub histograms: crate::metrics::Histograms,
 }
 
 /// A datagram that arrived at one engine for a connection another owns.
@@ -315,6 +316,8 @@ pub(crate) struct ConnState {
     pub finishing: HashSet<StreamId>,
     /// A close to carry out once `finishing` is empty.
     pub close_when_flushed: Option<(VarInt, Bytes)>,
+    /// When the engine accepted it (the handshake's start).
+    pub accepted: Instant,
 }
 
 fn dir_index(dir: Dir) -> usize {
@@ -342,6 +345,7 @@ impl ConnState {
             on_closed: Vec::new(),
             finishing: HashSet::new(),
             close_when_flushed: None,
+            accepted: Instant::now(),
         }
     }
 
@@ -350,6 +354,15 @@ impl ConnState {
         self.inner.send_stream(id).finish()?;
         self.finishing.insert(id);
         Ok(())
+    }
+
+    /// Abandons stream `id` (RESET_STREAM): nothing of it is waited for.
+    pub fn reset(&mut self, id: StreamId, code: VarInt) -> Result<(), quinn_proto::ClosedStream> {
+        let reset = self.inner.send_stream(id).reset(code);
+        if self.finishing.remove(&id) {
+            self.close_if_flushed();
+        }
+        reset
     }
 
     /// Closes now, or once every finished stream is acknowledged.

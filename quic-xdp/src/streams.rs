@@ -151,10 +151,7 @@ impl SendStream {
     pub fn reset(&mut self, code: VarInt) -> Result<(), ClosedStream> {
         self.done = true;
         let id = self.id;
-        self.conn.edit(|st| {
-            st.finishing.remove(&id);
-            st.inner.send_stream(id).reset(code)
-        })
+        self.conn.edit(|st| st.reset(id, code))
     }
 }
 

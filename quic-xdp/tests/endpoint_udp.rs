@@ -399,6 +399,34 @@ async fn a_flushed_close_delivers_what_was_finished() {
     ep.shutdown().await;
 }
 
+/// A flushed close waits for finished streams only: one reset after it
+/// was finished is not waited for, and the close goes out.
+#[tokio::test]
+async fn a_flushed_close_does_not_wait_for_a_reset_stream() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    // On the engine thread: no pass runs between these calls, so the
+    // finished stream is still unacknowledged when it is reset.
+    ep.serve(|conn| async move {
+        let (mut send, _recv) = conn.accept_bi().await.unwrap();
+        send.write_all(b"partial").await.unwrap();
+        send.finish().unwrap();
+        conn.close_when_flushed(VarInt::from_u32(7), b"done");
+        send.reset(VarInt::from_u32(1)).unwrap();
+    })
+    .unwrap();
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    let conn = connect(&client, server).await;
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(b"go").await.unwrap();
+    match timeout(Duration::from_secs(5), conn.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => {
+            assert_eq!(close.error_code, quinn::VarInt::from_u32(7))
+        }
+        other => panic!("{other:?}"),
+    }
+    ep.shutdown().await;
+}
+
 #[tokio::test]
 async fn shutdown_closes_connections_and_stops_accepting() {
     let (ep, server) = start(builder("127.0.0.1:0"));
