@@ -4,11 +4,12 @@
 # for the libxdp that xsk-rs builds from source, iproute2/ping/ethtool/nft
 # for the namespace tests (nft injects faults) and the demo; ngtcp2-client
 # and python3-venv for the HTTP/3 interop tests (aioquic comes from PyPI
-# into a venv, see test.sh); curl scrapes metrics inside a namespace.
+# into a venv, see test.sh); curl scrapes metrics inside a namespace;
+# chromium (headless) is the browser of the browser tests.
 set -euo pipefail
 
 packages=(clang llvm m4 pkg-config libelf-dev zlib1g-dev libpcap-dev libbpf-dev
-          iproute2 iputils-ping ethtool nftables ngtcp2-client python3-venv curl)
+          iproute2 iputils-ping ethtool nftables ngtcp2-client python3-venv curl chromium)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -63,6 +63,12 @@ impl DevCerts {
         vec![self.leaf.der().clone(), self.ca.der().clone()]
     }
 
+    /// The leaf's SubjectPublicKeyInfo (DER): what a client pins, e.g.
+    /// Chromium's --ignore-certificate-errors-spki-list (base64 SHA-256).
+    pub fn leaf_spki_der(&self) -> Vec<u8> {
+        rcgen::PublicKeyData::subject_public_key_info(&self.leaf_key)
+    }
+
     pub fn key(&self) -> PrivateKeyDer<'static> {
         PrivatePkcs8KeyDer::from(self.leaf_key.serialize_der()).into()
     }

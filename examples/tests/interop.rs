@@ -581,3 +581,138 @@ fn h3_server_drains_gracefully_under_load() {
     );
     assert!(!net.server_xdp_attached(), "XDP still attached after exit");
 }
+
+/// A page for a browser: a stylesheet, a script and an image as
+/// subresources; the script writes what it saw (the image's size, the
+/// style applied, the protocol of the page's load) into the DOM.
+const PAGE: &[(&str, &str)] = &[
+    (
+        "index.html",
+        r#"<!doctype html>
+<html><head><title>quic-xdp</title><link rel="stylesheet" href="style.css"></head>
+<body><h1 id="result">waiting</h1><img id="picture" src="picture.svg">
+<script src="app.js"></script></body></html>
+"#,
+    ),
+    (
+        "style.css",
+        "body { background: rgb(10, 120, 200); margin: 0; }\nimg { display: block; }\n",
+    ),
+    (
+        "app.js",
+        r#"window.addEventListener('load', () => {
+  const img = document.getElementById('picture');
+  const protocol = performance.getEntriesByType('navigation')[0].nextHopProtocol;
+  const background = getComputedStyle(document.body).backgroundColor;
+  document.getElementById('result').textContent =
+    `loaded over ${protocol}: image ${img.naturalWidth}x${img.naturalHeight}, background ${background}`;
+});
+"#,
+    ),
+    (
+        "picture.svg",
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="200" height="100"><rect width="200" height="100" fill="rgb(230, 20, 20)"/></svg>"#,
+    ),
+];
+
+/// Debian's Chromium, headless in the client namespace, with QUIC forced
+/// for the origin: the page and its subresources load over HTTP/3 from
+/// h3-server over XDP; the DOM shows the script ran with the image and
+/// the stylesheet applied, and a screenshot shows both.
+#[test]
+fn chromium_loads_a_page_with_subresources_over_http3() {
+    if !privileged() {
+        return;
+    }
+    let net = TestNet::create(&TestNetConfig::default()).unwrap();
+    let pki = std::env::temp_dir().join(format!("qx-chromium-pki-{}", std::process::id()));
+    let certs = certs::DevCerts::generate(&["quic-xdp.test".into()]).unwrap();
+    certs.write_pem(&pki).unwrap();
+    let cert = pki.join(certs::CERT_FILE);
+    let key = pki.join(certs::KEY_FILE);
+    let server = start_server_with(
+        &net,
+        "chromium",
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let root = server.dir.join("root");
+    for (name, body) in PAGE {
+        std::fs::write(root.join(name), body).unwrap();
+    }
+    let spki = {
+        use base64::Engine;
+        let digest = ring::digest::digest(&ring::digest::SHA256, &certs.leaf_spki_der());
+        base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+    };
+    let profile = server.dir.join("chromium-profile");
+    let shot = server.dir.join("shot.png");
+    let chromium = |mode: &[&str]| {
+        let output = net
+            .client
+            .command("timeout")
+            .args([
+                "60",
+                "chromium",
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+            ])
+            .args([
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--enable-quic",
+                "--origin-to-force-quic-on=quic-xdp.test:4433",
+                "--host-resolver-rules=MAP quic-xdp.test 10.77.0.2",
+                "--window-size=640,480",
+                "--virtual-time-budget=10000",
+            ])
+            .arg(format!("--ignore-certificate-errors-spki-list={spki}"))
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(mode)
+            .arg("https://quic-xdp.test:4433/index.html")
+            .output()
+            .expect("chromium (Debian package chromium) must be installed");
+        assert!(
+            output.status.success(),
+            "chromium: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+
+    let dom = chromium(&["--dump-dom"]);
+    assert!(
+        dom.contains("loaded over h3: image 200x100, background rgb(10, 120, 200)"),
+        "{dom}"
+    );
+    chromium(&[&format!("--screenshot={}", shot.display())]);
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&shot).expect("a screenshot"),
+    ));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut pixels).unwrap();
+    let channels = frame.color_type.samples();
+    let rgb = |i: usize| {
+        let p = &pixels[i * channels..i * channels + 3];
+        (p[0], p[1], p[2])
+    };
+    let total = (frame.width * frame.height) as usize;
+    let count = |want: (u8, u8, u8)| (0..total).filter(|&i| rgb(i) == want).count();
+    // The background fills most of the page; the image 200x100 of it.
+    let background = count((10, 120, 200));
+    let picture = count((230, 20, 20));
+    assert!(background > total / 3, "background {background} of {total}");
+    assert!(
+        (15_000..=25_000).contains(&picture),
+        "image pixels {picture} of {total}"
+    );
+    let _ = std::fs::remove_dir_all(pki);
+}
