@@ -15,8 +15,8 @@
 // XDP_PASS fallback hands the datagram to the kernel, where the
 // port-reservation socket still receives it.
 //
-// Userspace (datapath/src/program.rs) fills STEER_TARGETS and XSKS and reads
-// STEER_STATS. Keep the layouts below in sync with it.
+// Userspace (datapath/src/program.rs) fills STEER_TARGETS, XSKS and the
+// SOURCE_POLICY maps and reads STEER_STATS. Keep the layouts below in sync with it.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -58,7 +58,9 @@ enum steer_reason {
     STEER_DROP_NOT_QUIC = 12, // shorter than any QUIC packet to us can be
     STEER_DROP_SHORT_INITIAL = 13, // client Initial in a datagram < 1200 B
     STEER_DROP_INITIAL_RATE = 14,  // source over its Initial rate limit
-    STEER_REASONS = 15,
+    STEER_DROP_DENIED = 15,        // source in a denied prefix
+    STEER_DROP_NOT_ALLOWED = 16,   // an allow list exists; source not in it
+    STEER_REASONS = 17,
 };
 
 // Largest frame an AF_XDP socket can take (its UMEM frame size less
@@ -95,6 +97,56 @@ struct {
     __type(key, struct source_key);
     __type(value, __u64);
 } INITIAL_SOURCES SEC(".maps");
+
+// Source policy for the port: the admin's allow/deny prefixes, enforced
+// here since nftables never sees steered datagrams. The longest matching
+// prefix decides; userspace adds /0 entries (NOT_ALLOWED) when an allow
+// list exists, so unlisted sources are refused.
+#define SOURCE_ALLOW 1
+#define SOURCE_DENY 2
+#define SOURCE_NOT_ALLOWED 3
+
+struct lpm_v4 {
+    __u32 prefixlen;
+    __u8 addr[4];
+};
+
+struct lpm_v6 {
+    __u32 prefixlen;
+    __u8 addr[16];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+    __uint(max_entries, 16384);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, struct lpm_v4);
+    __type(value, __u8);
+} SOURCE_POLICY_V4 SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+    __uint(max_entries, 16384);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, struct lpm_v6);
+    __type(value, __u8);
+} SOURCE_POLICY_V6 SEC(".maps");
+
+// The policy's verdict for a source: SOURCE_ALLOW when nothing matches.
+static __always_inline __u8 source_policy(const struct source_key *src)
+{
+    __u8 *verdict;
+    if (src->family == 4) {
+        struct lpm_v4 key = {.prefixlen = 32};
+        __builtin_memcpy(key.addr, src->addr, 4);
+        verdict = bpf_map_lookup_elem(&SOURCE_POLICY_V4, &key);
+    } else {
+        struct lpm_v6 key = {.prefixlen = 128};
+        __builtin_memcpy(key.addr, src->addr, 16);
+        verdict = bpf_map_lookup_elem(&SOURCE_POLICY_V6, &key);
+    }
+    return verdict ? *verdict : SOURCE_ALLOW;
+}
 
 // The interface's MAC, set at load time: frames to any other destination
 // MAC (another host's, broadcast, multicast) are not ours.
@@ -280,6 +332,12 @@ int xdp_steer(struct xdp_md *ctx)
 
     // The front line: what cannot be served is dropped here, before it
     // costs a copy, a wake-up and quinn-proto's time.
+    switch (source_policy(&src)) {
+    case SOURCE_DENY:
+        return verdict(STEER_DROP_DENIED, XDP_DROP);
+    case SOURCE_NOT_ALLOWED:
+        return verdict(STEER_DROP_NOT_ALLOWED, XDP_DROP);
+    }
     __u32 quic_len = udp_len - sizeof(*udp);
     __u8 *quic = (void *)(udp + 1);
     if (quic_len < MIN_QUIC_DATAGRAM)

@@ -69,6 +69,14 @@ pub struct ServerArgs {
     /// them. A second signal closes them at once.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub drain_timeout: f64,
+    /// Admit only sources in this prefix (repeatable, e.g. 10.0.0.0/8,
+    /// 2001:db8::/32); the longest matching --allow/--deny prefix decides.
+    #[arg(long, value_name = "PREFIX")]
+    pub allow: Vec<quic_xdp::datapath::source_policy::IpNet>,
+    /// Refuse sources in this prefix (repeatable). Enforced in the XDP
+    /// program, which nftables rules for the port no longer reach.
+    #[arg(long, value_name = "PREFIX")]
+    pub deny: Vec<quic_xdp::datapath::source_policy::IpNet>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -127,6 +135,8 @@ impl ServerArgs {
         if let Some(user) = &self.user {
             builder = builder.run_as(user);
         }
+        let policy = quic_xdp::datapath::SourcePolicy::new(self.allow.clone(), self.deny.clone())?;
+        builder = builder.datapath(move |c| c.source_policy = policy);
         if let Some(per_second) = self.initial_rate {
             let rate = quic_xdp::datapath::program::InitialRate {
                 per_second,

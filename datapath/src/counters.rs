@@ -55,6 +55,9 @@ counters! {
     rx_bad_checksum,
     /// Datagrams that reached the kernel socket while XDP was steering.
     steering_misses,
+    /// Datagrams a kernel socket dropped: their source is refused by the
+    /// source policy (the XDP program counts those it drops itself).
+    rx_source_denied,
     /// Sends refused because no frame or ring slot was free (retried).
     tx_ring_full,
     /// sendto(2) calls that told the kernel to transmit the AF_XDP tx ring.

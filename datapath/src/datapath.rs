@@ -17,6 +17,7 @@ use crate::{
     iface::InterfaceInfo,
     io::PacketIo,
     program::{AttachMode, AttachPreference, InitialRate, SteerStats, SteeringProgram},
+    source_policy::SourcePolicy,
     udp::UdpQueue,
     wire::ChecksumPolicy,
     xsk::{XskQueue, XskSettings, ZeroCopy},
@@ -66,6 +67,9 @@ pub struct DatapathConfig {
     /// Off by default: one address may stand for many clients (NAT, load
     /// generators); set it for what your clients need.
     pub initial_rate: Option<InitialRate>,
+    /// Sources allowed or denied the port. Enforced in the XDP program
+    /// (nftables never sees steered traffic) and on the kernel sockets.
+    pub source_policy: SourcePolicy,
 }
 
 impl DatapathConfig {
@@ -80,6 +84,7 @@ impl DatapathConfig {
             ring_size: 2048,
             checksum: ChecksumPolicy::Verify,
             initial_rate: None,
+            source_policy: SourcePolicy::default(),
         }
     }
 
@@ -177,7 +182,7 @@ impl Datapath {
             .map(InterfaceInfo::lookup)
             .transpose()?
             .map_or(1500, |i| i.mtu);
-        let queue = UdpQueue::bind(config.listen, mtu)?;
+        let queue = UdpQueue::bind(config.listen, mtu)?.with_source_policy(&config.source_policy);
         let local = queue.local_addr();
         Ok(Self {
             queues: vec![Box::new(queue)],
@@ -216,7 +221,8 @@ impl Datapath {
         }
         // Reserve the port first: a port in use fails before any BPF work,
         // and from here on nothing that escapes steering is lost.
-        let reservation = UdpQueue::bind_reservation(config.listen, info.mtu)?;
+        let reservation = UdpQueue::bind_reservation(config.listen, info.mtu)?
+            .with_source_policy(&config.source_policy);
         let queue_ids: Vec<u32> = match &config.queues {
             Some(q) => q.clone(),
             None => (0..info.rx_queues).collect(),
@@ -234,6 +240,7 @@ impl Datapath {
             config.initial_rate,
         )?;
         steering.set_local_addresses(&interface_addresses(&name)?)?;
+        steering.set_source_policy(&config.source_policy)?;
         steering.add_listener(config.listen)?;
         let attach = steering.attach(&name, config.attach)?;
         let zero_copy = match (attach, config.zero_copy) {

@@ -21,6 +21,7 @@ pub mod counters;
 pub mod iface;
 pub mod io;
 pub mod route;
+pub mod source_policy;
 #[cfg(feature = "testbed")]
 pub mod testbed;
 pub mod udp;
@@ -28,3 +29,4 @@ pub mod xsk;
 
 pub use datapath::{ActiveMode, Datapath, DatapathConfig, Mode};
 pub use io::{PacketIo, QueueKind, RxMeta, Transmit};
+pub use source_policy::{SourcePolicy, SourceVerdict};

@@ -16,11 +16,18 @@ use smoltcp::wire::EthernetAddress;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, PerCpuArray, XskMap},
+    maps::{
+        HashMap, PerCpuArray, XskMap,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{Xdp, XdpMode},
 };
+use ipnet::IpNet;
 
-use crate::error::{Error, Result, chain, is_permission_denied};
+use crate::{
+    error::{Error, Result, chain, is_permission_denied},
+    source_policy::{SourcePolicy, SourceVerdict},
+};
 
 static PROGRAM_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_steer.o"));
@@ -28,6 +35,8 @@ const PROGRAM_NAME: &str = "xdp_steer";
 const TARGETS_MAP: &str = "STEER_TARGETS";
 const SOCKETS_MAP: &str = "XSKS";
 const STATS_MAP: &str = "STEER_STATS";
+const POLICY_V4_MAP: &str = "SOURCE_POLICY_V4";
+const POLICY_V6_MAP: &str = "SOURCE_POLICY_V6";
 const MAX_FRAME_GLOBAL: &str = "MAX_FRAME_LEN";
 const MAC_GLOBAL: &str = "IFACE_MAC";
 const INITIAL_INTERVAL_GLOBAL: &str = "INITIAL_INTERVAL_NS";
@@ -101,6 +110,30 @@ impl SteerKey {
     }
 }
 
+/// Makes one of the policy tries hold exactly `entries`.
+fn replace_trie<const N: usize>(
+    map: &mut aya::maps::Map,
+    entries: impl Iterator<Item = (Key<[u8; N]>, SourceVerdict)>,
+) -> Result<()> {
+    let mut trie: LpmTrie<_, [u8; N], u8> =
+        LpmTrie::try_from(map).map_err(|e| Error::Load(Box::new(e)))?;
+    let old: Vec<Key<[u8; N]>> = trie
+        .keys()
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::Load(chain(&e).into()))?;
+    for key in &old {
+        match trie.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(Error::Load(chain(&e).into())),
+        }
+    }
+    for (key, verdict) in entries {
+        trie.insert(&key, verdict.map_value(), 0)
+            .map_err(|e| Error::Load(chain(&e).into()))?;
+    }
+    Ok(())
+}
+
 /// Why the program gave a frame its verdict (`enum steer_reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SteerReason {
@@ -119,10 +152,12 @@ pub enum SteerReason {
     DropNotQuic = 12,
     DropShortInitial = 13,
     DropInitialRate = 14,
+    DropDenied = 15,
+    DropNotAllowed = 16,
 }
 
 impl SteerReason {
-    pub const ALL: [SteerReason; 15] = [
+    pub const ALL: [SteerReason; 17] = [
         Self::Redirected,
         Self::PassNoSocket,
         Self::PassNotIp,
@@ -138,6 +173,8 @@ impl SteerReason {
         Self::DropNotQuic,
         Self::DropShortInitial,
         Self::DropInitialRate,
+        Self::DropDenied,
+        Self::DropNotAllowed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -157,6 +194,8 @@ impl SteerReason {
             Self::DropNotQuic => "drop_not_quic",
             Self::DropShortInitial => "drop_short_initial",
             Self::DropInitialRate => "drop_initial_rate",
+            Self::DropDenied => "drop_denied",
+            Self::DropNotAllowed => "drop_not_allowed",
         }
     }
 }
@@ -380,6 +419,30 @@ impl SteeringProgram {
             }
         }
         Ok(())
+    }
+
+    /// Makes the program enforce `policy` on datagrams to the listeners
+    /// (dropped and counted as `drop_denied` / `drop_not_allowed`),
+    /// replacing the previous policy. Can be called while attached; the
+    /// change is not atomic across entries.
+    pub fn set_source_policy(&mut self, policy: &SourcePolicy) -> Result<()> {
+        let entries = policy.entries();
+        let v4 = entries.iter().filter_map(|(p, v)| match p {
+            IpNet::V4(p) => Some((
+                Key::new(u32::from(p.prefix_len()), p.network().octets()),
+                *v,
+            )),
+            IpNet::V6(_) => None,
+        });
+        replace_trie(self.ebpf.map_mut(POLICY_V4_MAP).expect("map in object"), v4)?;
+        let v6 = entries.iter().filter_map(|(p, v)| match p {
+            IpNet::V6(p) => Some((
+                Key::new(u32::from(p.prefix_len()), p.network().octets()),
+                *v,
+            )),
+            IpNet::V4(_) => None,
+        });
+        replace_trie(self.ebpf.map_mut(POLICY_V6_MAP).expect("map in object"), v6)
     }
 
     /// Attaches to `interface`, trying the modes `preference` allows in

@@ -19,6 +19,7 @@ use crate::{
     counters::QueueCounters,
     error::{Error, Result},
     io::{PacketIo, QueueKind, RxMeta, segments},
+    source_policy::{SourcePolicy, SourceVerdict},
 };
 
 /// Large enough for a full GRO batch.
@@ -44,6 +45,9 @@ pub struct UdpQueue {
     receives: bool,
     bufs: Vec<Vec<u8>>,
     metas: Vec<RecvMeta>,
+    /// None when the policy admits every source (the common case: no
+    /// lookup per datagram).
+    policy: Option<Arc<SourcePolicy>>,
 }
 
 impl UdpQueue {
@@ -93,7 +97,15 @@ impl UdpQueue {
             receives: true,
             bufs: vec![vec![0; RECV_BUF_LEN]; BATCH_SIZE],
             metas: vec![RecvMeta::default(); BATCH_SIZE],
+            policy: None,
         })
+    }
+
+    /// Drops (and counts in `rx_source_denied`) datagrams from sources
+    /// `policy` refuses, as the XDP program does for steered ones.
+    pub fn with_source_policy(mut self, policy: &SourcePolicy) -> Self {
+        self.policy = (!policy.is_empty()).then(|| Arc::new(policy.clone()));
+        self
     }
 
     /// The same socket (a duplicate descriptor) for sending from another
@@ -112,6 +124,7 @@ impl UdpQueue {
             receives: false,
             bufs: Vec::new(),
             metas: Vec::new(),
+            policy: None,
         })
     }
 
@@ -180,6 +193,12 @@ impl PacketIo for UdpQueue {
                 ),
                 ecn: meta.ecn,
             };
+            if let Some(policy) = &self.policy {
+                if policy.verdict(rx.remote.ip()) != SourceVerdict::Allowed {
+                    QueueCounters::add(&self.counters.rx_source_denied, 1);
+                    continue;
+                }
+            }
             // GRO hands several datagrams in one buffer, `stride` apart.
             for datagram in buf[..meta.len].chunks(meta.stride.max(1)) {
                 QueueCounters::add(&self.counters.rx_packets, 1);

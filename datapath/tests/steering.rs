@@ -537,3 +537,82 @@ fn datagrams_that_cannot_be_served_are_dropped_in_the_program() {
         PassNoSocket,
     );
 }
+
+/// The admin's source policy in the program: the longest prefix decides,
+/// an allow list refuses the rest, frames not to the port are untouched,
+/// and a new policy replaces the old one.
+#[test]
+fn the_source_policy_drops_refused_sources() {
+    if !datapath::testbed::privileged() {
+        return;
+    }
+    use SteerReason::*;
+    use XdpAction::{Drop, Pass};
+    let mut prog = any_address_program();
+    let prefixes = |l: &[&str]| l.iter().map(|p| p.parse().unwrap()).collect();
+    let policy = datapath::SourcePolicy::new(
+        prefixes(&["10.1.0.0/16", "fd01::/16"]),
+        prefixes(&["10.1.9.0/24", "fd01:0:9::/48"]),
+    )
+    .unwrap();
+    prog.set_source_policy(&policy).unwrap();
+    let from = |src: &str, port: u16| {
+        let to = if src.contains(':') {
+            format!("[fd01::2]:{port}")
+        } else {
+            format!("10.1.0.2:{port}")
+        };
+        let src = if src.contains(':') {
+            format!("[{src}]:1")
+        } else {
+            format!("{src}:1")
+        };
+        udp_frame(&src, &to, None, QUIC)
+    };
+    let cases = [
+        ("allowed v4", from("10.1.0.1", PORT), Pass, PassNoSocket),
+        ("denied v4", from("10.1.9.1", PORT), Drop, DropDenied),
+        ("unlisted v4", from("192.0.2.1", PORT), Drop, DropNotAllowed),
+        ("allowed v6", from("fd01::1", PORT), Pass, PassNoSocket),
+        ("denied v6", from("fd01:0:9::1", PORT), Drop, DropDenied),
+        ("unlisted v6", from("fd02::1", PORT), Drop, DropNotAllowed),
+        ("other port", from("192.0.2.1", PORT + 1), Pass, PassNoMatch),
+    ];
+    for (name, frame, action, reason) in &cases {
+        assert_verdict(&prog, name, frame, *action, *reason);
+    }
+    // Deny only: everything else admitted.
+    let deny_only = datapath::SourcePolicy::new(Vec::new(), prefixes(&["192.0.2.0/24"])).unwrap();
+    prog.set_source_policy(&deny_only).unwrap();
+    assert_verdict(
+        &prog,
+        "now denied",
+        &from("192.0.2.1", PORT),
+        Drop,
+        DropDenied,
+    );
+    assert_verdict(
+        &prog,
+        "no longer listed",
+        &from("10.1.9.1", PORT),
+        Pass,
+        PassNoSocket,
+    );
+    assert_verdict(
+        &prog,
+        "v6 admitted",
+        &from("fd02::1", PORT),
+        Pass,
+        PassNoSocket,
+    );
+    // No policy: nothing dropped for its source.
+    prog.set_source_policy(&datapath::SourcePolicy::default())
+        .unwrap();
+    assert_verdict(
+        &prog,
+        "no policy",
+        &from("192.0.2.1", PORT),
+        Pass,
+        PassNoSocket,
+    );
+}

@@ -427,6 +427,30 @@ async fn a_flushed_close_does_not_wait_for_a_reset_stream() {
     ep.shutdown().await;
 }
 
+/// The source policy on the kernel-socket path: only ::1 is allowed, so a
+/// client on 127.0.0.1 gets nowhere (dropped, counted) and one on ::1 is
+/// served.
+#[tokio::test]
+async fn the_source_policy_applies_on_kernel_sockets() {
+    let policy = datapath::SourcePolicy::new(vec!["::1/128".parse().unwrap()], Vec::new()).unwrap();
+    let (ep, server) = start(builder("[::]:0").datapath(|c| c.source_policy = policy));
+    spawn_echo(ep.clone());
+    let v4 = SocketAddr::from(([127, 0, 0, 1], server.port()));
+    let refused = client(v4, ep.dev_ca_certificate().unwrap());
+    let attempt = timeout(
+        Duration::from_millis(1500),
+        refused.connect(v4, "localhost").unwrap(),
+    )
+    .await;
+    assert!(attempt.is_err(), "a refused client connected: {attempt:?}");
+    assert!(ep.stats().datapath.rx_source_denied > 0);
+    assert_eq!(ep.stats().admission.accepted, 0);
+    let admitted = client(server, ep.dev_ca_certificate().unwrap());
+    let conn = connect(&admitted, server).await;
+    assert_eq!(echo_stream(&conn, b"admitted").await, b"admitted");
+    ep.shutdown().await;
+}
+
 #[tokio::test]
 async fn shutdown_closes_connections_and_stops_accepting() {
     let (ep, server) = start(builder("127.0.0.1:0"));

@@ -257,3 +257,37 @@ async fn a_panicking_engine_detaches_xdp_and_shutdown_returns() {
     assert_fails_closed(&ep).await;
     assert!(!net.server_xdp_attached(), "XDP still attached");
 }
+
+/// The source policy over XDP: the client's IPv4 address is denied, so
+/// its handshake never gets through (dropped in the program, counted);
+/// the same client over IPv6 is admitted and served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_policy_refuses_denied_clients_in_the_program() {
+    let denied = format!("{}/32", TestNet::CLIENT_V4);
+    let policy = datapath::SourcePolicy::new(Vec::new(), vec![denied.parse().unwrap()]).unwrap();
+    let Some((net, ep)) = xdp_endpoint(|b| b.datapath(|c| c.source_policy = policy)) else {
+        return;
+    };
+    spawn_echo(ep.clone());
+    let v4 = net.server_addr(false, PORT);
+    let refused = quinn_client(&net, v4, &ep);
+    let attempt = timeout(
+        Duration::from_millis(1500),
+        refused.connect(v4, "localhost").unwrap(),
+    )
+    .await;
+    assert!(attempt.is_err(), "a denied client connected: {attempt:?}");
+    let steering = ep.stats().steering.unwrap();
+    assert!(
+        steering.get(datapath::program::SteerReason::DropDenied) > 0,
+        "{steering}"
+    );
+    assert_eq!(ep.stats().admission.accepted, 0);
+
+    let v6 = net.server_addr(true, PORT);
+    let admitted = quinn_client(&net, v6, &ep);
+    let conn = connect(&admitted, v6).await;
+    assert_eq!(echo_stream(&conn, b"admitted").await, b"admitted");
+    conn.close(0u32.into(), b"");
+    ep.shutdown().await;
+}
