@@ -36,6 +36,7 @@ fn start_server_with(port: u16, dir: &std::path::Path, extra: &[&str]) -> Server
         .arg(dir)
         .arg("--ca-out")
         .arg(dir.join("ca.pem"))
+        .env("SSLKEYLOGFILE", dir.join("keylog.txt"))
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -255,9 +256,10 @@ fn scrape(addr: &str) -> String {
 }
 
 /// `--metrics`: the endpoint's counters and histograms in the Prometheus
-/// (OpenMetrics) text format over HTTP, and they move under load.
+/// (OpenMetrics) text format over HTTP, and they move under load; and
+/// SSLKEYLOGFILE gets each connection's TLS secrets (for Wireshark).
 #[test]
-fn metrics_are_scraped_over_http_and_move_under_load() {
+fn metrics_and_key_log_follow_the_connections() {
     let dir = std::env::temp_dir().join(format!("qx-h3metrics-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("index.html"), b"<h1>hi</h1>").unwrap();
@@ -310,6 +312,11 @@ fn metrics_are_scraped_over_http_and_move_under_load() {
     assert!(value(&after, &rx) >= 50.0, "{after}");
     let tx = format!("quic_xdp_datapath_tx_bytes_total{queue}");
     assert!(value(&after, &tx) > value(&before, &tx), "{after}");
+    // NSS key log format: one line per secret, per connection.
+    let keylog = std::fs::read_to_string(dir.join("keylog.txt")).unwrap();
+    let count = |label: &str| keylog.lines().filter(|l| l.starts_with(label)).count();
+    assert_eq!(count("CLIENT_HANDSHAKE_TRAFFIC_SECRET "), 2, "{keylog}");
+    assert_eq!(count("SERVER_TRAFFIC_SECRET_0 "), 2, "{keylog}");
     drop(server);
     std::fs::remove_dir_all(dir).unwrap();
 }
