@@ -77,6 +77,10 @@ pub struct ServerArgs {
     /// program, which nftables rules for the port no longer reach.
     #[arg(long, value_name = "PREFIX")]
     pub deny: Vec<quic_xdp::datapath::source_policy::IpNet>,
+    /// Write a qlog trace of each connection into this directory (one
+    /// file per connection; with --user, writable by that user).
+    #[arg(long, value_name = "DIR")]
+    pub qlog: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -134,6 +138,11 @@ impl ServerArgs {
         }
         if let Some(user) = &self.user {
             builder = builder.run_as(user);
+        }
+        if let Some(dir) = &self.qlog {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the qlog directory {}", dir.display()))?;
+            builder = builder.qlog_dir(dir);
         }
         let policy = quic_xdp::datapath::SourcePolicy::new(self.allow.clone(), self.deny.clone())?;
         builder = builder.datapath(move |c| c.source_policy = policy);

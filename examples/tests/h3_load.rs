@@ -42,12 +42,14 @@ fn start_server_with(port: u16, dir: &std::path::Path, extra: &[&str]) -> Server
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let head = BufReader::new(stdout)
-        .lines()
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let head = lines
+        .by_ref()
         .map_while(Result::ok)
         .take_while(|l| !l.starts_with("listening"))
         .collect();
+    // Read on: a server stopped gracefully prints its counters.
+    std::thread::spawn(move || lines.for_each(drop));
     Server(child, head)
 }
 
@@ -257,14 +259,20 @@ fn scrape(addr: &str) -> String {
 
 /// `--metrics`: the endpoint's counters and histograms in the Prometheus
 /// (OpenMetrics) text format over HTTP, and they move under load; and
-/// SSLKEYLOGFILE gets each connection's TLS secrets (for Wireshark).
+/// SSLKEYLOGFILE gets each connection's TLS secrets (for Wireshark) and
+/// `--qlog` a trace per connection.
 #[test]
-fn metrics_and_key_log_follow_the_connections() {
+fn metrics_key_log_and_qlog_follow_the_connections() {
     let dir = std::env::temp_dir().join(format!("qx-h3metrics-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("index.html"), b"<h1>hi</h1>").unwrap();
     let port = 49_000 + (std::process::id() % 1000) as u16;
-    let server = start_server_with(port, &dir, &["--metrics", "127.0.0.1:0"]);
+    let qlog = dir.join("qlog");
+    let server = start_server_with(
+        port,
+        &dir,
+        &["--metrics", "127.0.0.1:0", "--qlog", qlog.to_str().unwrap()],
+    );
     let addr = server
         .1
         .iter()
@@ -317,6 +325,21 @@ fn metrics_and_key_log_follow_the_connections() {
     let count = |label: &str| keylog.lines().filter(|l| l.starts_with(label)).count();
     assert_eq!(count("CLIENT_HANDSHAKE_TRAFFIC_SECRET "), 2, "{keylog}");
     assert_eq!(count("SERVER_TRAFFIC_SECRET_0 "), 2, "{keylog}");
-    drop(server);
+    // Stopped gracefully: the traces are complete on disk.
+    let mut server = server;
+    let pid = nix::unistd::Pid::from_raw(server.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(server.0.wait().unwrap().success());
+    let traces: Vec<String> = std::fs::read_dir(&qlog)
+        .unwrap()
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(traces.len(), 2, "one trace per connection");
+    for trace in traces {
+        let header = trace.lines().next().unwrap();
+        assert!(header.contains(r#""qlog_format":"JSON-SEQ""#), "{header}");
+        assert!(trace.contains(r#""name":"transport:packet_received""#));
+        assert!(trace.contains(r#""name":"transport:packet_sent""#));
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -59,6 +59,8 @@ pub struct EndpointBuilder {
     retry: RetryPolicy,
     reset_secret: Option<[u8; 32]>,
     run_as: Option<String>,
+    #[cfg(feature = "qlog")]
+    qlog_dir: Option<PathBuf>,
 }
 
 impl EndpointBuilder {
@@ -75,6 +77,8 @@ impl EndpointBuilder {
             retry: RetryPolicy::WhenBusy { unvalidated: 256 },
             reset_secret: None,
             run_as: None,
+            #[cfg(feature = "qlog")]
+            qlog_dir: None,
         }
     }
 
@@ -181,9 +185,26 @@ impl EndpointBuilder {
         self
     }
 
+    /// Writes a qlog trace of every accepted connection into `dir`, one
+    /// file each (`<n>-<remote address>.qlog`, JSON-SEQ), for qvis and
+    /// similar tools. Uses the builder's transport settings: it cannot be
+    /// combined with `transport_config` or `server_config`. With `run_as`,
+    /// `dir` must be writable by that user.
+    #[cfg(feature = "qlog")]
+    pub fn qlog_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.qlog_dir = Some(dir.into());
+        self
+    }
+
     /// Opens the datapath and starts the engine threads.
     pub fn bind(mut self) -> Result<Endpoint, Error> {
         // TLS and keys first: a bad certificate fails before XDP attaches.
+        #[cfg(feature = "qlog")]
+        if self.qlog_dir.is_some() && (self.transport.is_some() || self.server_config.is_some()) {
+            return Err(Error::Config(
+                "qlog_dir uses the builder's transport settings: not with transport_config or server_config".into(),
+            ));
+        }
         let quic = self.quic_config()?;
         let mut datapath = Datapath::open(&self.datapath)?;
         if let Some(user) = &self.run_as {
@@ -191,7 +212,19 @@ impl EndpointBuilder {
         }
         let groups = datapath.take_queue_groups();
         let (protos, cids) = quic.endpoints(groups.len());
-        let admission = self.admission();
+        #[allow(unused_mut)]
+        let mut admission = self.admission();
+        #[cfg(feature = "qlog")]
+        if let Some(dir) = self.qlog_dir.take() {
+            let (idle, streams) = (self.idle_timeout, self.max_concurrent_streams);
+            // Validated when the shared configuration was built.
+            let transport = move || transport_settings(idle, streams).expect("valid settings");
+            admission.qlog = Some(Arc::new(crate::qlog::QlogWriter::new(
+                dir,
+                quic.server.clone(),
+                transport,
+            )));
+        }
         Endpoint::start(protos, datapath, groups, cids, admission, quic.dev_ca)
     }
 
@@ -200,6 +233,8 @@ impl EndpointBuilder {
         Admission {
             max_connections: self.max_connections,
             retry: self.retry,
+            #[cfg(feature = "qlog")]
+            qlog: None,
         }
     }
 
@@ -229,7 +264,10 @@ impl EndpointBuilder {
                 let mut config = ServerConfig::with_crypto(Arc::new(crypto));
                 let transport = match self.transport.take() {
                     Some(t) => t,
-                    None => Arc::new(self.transport_settings()?),
+                    None => Arc::new(transport_settings(
+                        self.idle_timeout,
+                        self.max_concurrent_streams,
+                    )?),
                 };
                 config.transport_config(transport);
                 (config, dev_ca)
@@ -253,18 +291,16 @@ impl EndpointBuilder {
     }
 }
 
-impl EndpointBuilder {
-    fn transport_settings(&self) -> Result<TransportConfig, Error> {
-        let idle = quinn_proto::IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
-            Error::Config(format!("idle timeout {:?} too large", self.idle_timeout))
-        })?;
-        let streams = VarInt::from_u32(self.max_concurrent_streams);
-        let mut t = TransportConfig::default();
-        t.max_idle_timeout(Some(idle))
-            .max_concurrent_bidi_streams(streams)
-            .max_concurrent_uni_streams(streams);
-        Ok(t)
-    }
+/// The transport configuration the builder's settings describe.
+fn transport_settings(idle_timeout: Duration, streams: u32) -> Result<TransportConfig, Error> {
+    let idle = quinn_proto::IdleTimeout::try_from(idle_timeout)
+        .map_err(|_| Error::Config(format!("idle timeout {idle_timeout:?} too large")))?;
+    let streams = VarInt::from_u32(streams);
+    let mut t = TransportConfig::default();
+    t.max_idle_timeout(Some(idle))
+        .max_concurrent_bidi_streams(streams)
+        .max_concurrent_uni_streams(streams);
+    Ok(t)
 }
 
 /// Server configuration, identity and keys, shared by every engine.

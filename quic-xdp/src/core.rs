@@ -65,6 +65,9 @@ impl Outbox for Vec<Box<dyn PacketIo>> {
 pub(crate) struct Admission {
     pub max_connections: usize,
     pub retry: RetryPolicy,
+    /// A qlog trace per accepted connection.
+    #[cfg(feature = "qlog")]
+    pub qlog: Option<Arc<crate::qlog::QlogWriter>>,
 }
 
 /// What `Endpoint::serve` runs for each connection, on the engine thread
@@ -228,7 +231,18 @@ impl EngineCore {
             return Err(ConnectionError::LocallyClosed);
         }
         self.tx_buf.clear();
-        match self.endpoint.accept(incoming, now, &mut self.tx_buf, None) {
+        #[cfg(feature = "qlog")]
+        let config = self
+            .admission
+            .qlog
+            .as_ref()
+            .and_then(|q| q.server_config_for(incoming.remote_address(), now));
+        #[cfg(not(feature = "qlog"))]
+        let config = None;
+        match self
+            .endpoint
+            .accept(incoming, now, &mut self.tx_buf, config)
+        {
             Ok((handle, conn)) => {
                 let shared = ConnShared::new(handle, conn, queue, self.shared.clone());
                 self.conns.insert(handle, shared.clone());

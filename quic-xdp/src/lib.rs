@@ -36,6 +36,8 @@ pub mod fuzzing;
 #[cfg(feature = "h3")]
 pub mod h3;
 mod metrics;
+#[cfg(feature = "qlog")]
+mod qlog;
 mod shared;
 mod streams;
 
