@@ -194,12 +194,6 @@ impl Datapath {
     }
 
     fn open_xdp(config: &DatapathConfig) -> Result<Self> {
-        if config.listen.port() == 0 {
-            return Err(Error::Unsupported {
-                interface: config.interface.clone().unwrap_or_else(|| "?".into()),
-                reason: "XDP steers a fixed port: port 0 (any free port) needs UDP mode".into(),
-            });
-        }
         let name = match &config.interface {
             Some(name) => name.clone(),
             None => {
@@ -220,9 +214,11 @@ impl Datapath {
             });
         }
         // Reserve the port first: a port in use fails before any BPF work,
-        // and from here on nothing that escapes steering is lost.
+        // and from here on nothing that escapes steering is lost. Port 0
+        // takes a free port (a client's, say), which is then steered.
         let reservation = UdpQueue::bind_reservation(config.listen, info.mtu)?
             .with_source_policy(&config.source_policy);
+        let listen = SocketAddr::new(config.listen.ip(), reservation.local_addr().port());
         let queue_ids: Vec<u32> = match &config.queues {
             Some(q) => q.clone(),
             None => (0..info.rx_queues).collect(),
@@ -241,7 +237,7 @@ impl Datapath {
         )?;
         steering.set_local_addresses(&interface_addresses(&name)?)?;
         steering.set_source_policy(&config.source_policy)?;
-        steering.add_listener(config.listen)?;
+        steering.add_listener(listen)?;
         let attach = steering.attach(&name, config.attach)?;
         let zero_copy = match (attach, config.zero_copy) {
             (AttachMode::Generic, ZeroCopy::Require) => {
@@ -261,8 +257,8 @@ impl Datapath {
             ring_size: config.ring_size,
             zero_copy,
             checksum: config.checksum,
-            port: config.listen.port(),
-            default_src: Some(config.listen.ip().to_canonical()).filter(|ip| !ip.is_unspecified()),
+            port: listen.port(),
+            default_src: Some(listen.ip().to_canonical()).filter(|ip| !ip.is_unspecified()),
         };
         let mut queues: Vec<Box<dyn PacketIo>> = Vec::new();
         let mut all_zero_copy = true;
@@ -447,6 +443,7 @@ mod tests {
         config.ring_size = 2048;
         config.listen.set_port(0);
         config.mode = Mode::Xdp;
+        // Loopback traffic never meets XDP.
         assert!(matches!(
             Datapath::open(&config),
             Err(Error::Unsupported { .. })

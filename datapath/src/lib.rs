@@ -20,6 +20,8 @@ pub use error::{Error, Result};
 pub mod counters;
 pub mod iface;
 pub mod io;
+#[cfg(feature = "quinn")]
+pub mod quinn_socket;
 pub mod route;
 pub mod source_policy;
 #[cfg(feature = "testbed")]

@@ -40,6 +40,8 @@ const MAX_CACHED: usize = 16 * 1024;
 #[derive(Debug, Clone, Copy)]
 struct Cached {
     mac: Option<EthernetAddress>,
+    /// The kernel's preferred source address towards the destination.
+    source: Option<IpAddr>,
     until: Instant,
 }
 
@@ -84,12 +86,22 @@ impl KernelNeighbors {
     /// route leaves through another interface or the next hop is not
     /// resolved yet (it is being solicited).
     pub fn lookup(&mut self, dst: IpAddr, now: Instant) -> Option<EthernetAddress> {
+        self.cached(dst, now).mac
+    }
+
+    /// The source address the kernel would send from towards `dst`
+    /// (the route's preferred source), for a socket bound to no address.
+    pub fn source_for(&mut self, dst: IpAddr, now: Instant) -> Option<IpAddr> {
+        self.cached(dst, now).source
+    }
+
+    fn cached(&mut self, dst: IpAddr, now: Instant) -> Cached {
         if let Some(c) = self.cache.get(&dst)
             && c.until > now
         {
-            return c.mac;
+            return *c;
         }
-        let mac = self.resolve(dst);
+        let (mac, source) = self.resolve(dst);
         if self.cache.len() >= MAX_CACHED && !self.cache.contains_key(&dst) {
             self.cache.retain(|_, c| c.until > now);
             if self.cache.len() >= MAX_CACHED {
@@ -97,25 +109,30 @@ impl KernelNeighbors {
             }
         }
         let ttl = if mac.is_some() { FRESH_FOR } else { MISS_RETRY };
-        self.cache.insert(
-            dst,
-            Cached {
-                mac,
-                until: now + ttl,
-            },
-        );
-        mac
+        let entry = Cached {
+            mac,
+            source,
+            until: now + ttl,
+        };
+        self.cache.insert(dst, entry);
+        entry
     }
 
-    fn resolve(&mut self, dst: IpAddr) -> Option<EthernetAddress> {
-        let hop = match self.next_hop(dst) {
-            Ok(Some(hop)) => hop,
-            Ok(None) => return None,
+    /// The next hop's MAC (None: not through us, or not resolved yet) and
+    /// the route's preferred source.
+    fn resolve(&mut self, dst: IpAddr) -> (Option<EthernetAddress>, Option<IpAddr>) {
+        let (hop, source) = match self.next_hop(dst) {
+            Ok(Some(found)) => found,
+            Ok(None) => return (None, None),
             Err(e) => {
                 tracing::debug!(error = %e, %dst, "route lookup failed");
-                return None;
+                return (None, None);
             }
         };
+        (self.next_hop_mac(hop), source)
+    }
+
+    fn next_hop_mac(&mut self, hop: IpAddr) -> Option<EthernetAddress> {
         match self.neighbour(hop) {
             Ok(Some((mac, stale))) => {
                 // The kernel confirms a stale entry when it sends through
@@ -139,8 +156,9 @@ impl KernelNeighbors {
     }
 
     /// The next hop towards `dst` if the route leaves through our
-    /// interface: the gateway, or `dst` itself when it is on-link.
-    fn next_hop(&mut self, dst: IpAddr) -> io::Result<Option<IpAddr>> {
+    /// interface (the gateway, or `dst` itself when it is on-link), and
+    /// the route's preferred source address.
+    fn next_hop(&mut self, dst: IpAddr) -> io::Result<Option<(IpAddr, Option<IpAddr>)>> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = family(dst);
         msg.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
@@ -153,15 +171,18 @@ impl KernelNeighbors {
         };
         let mut gateway = None;
         let mut oif = None;
+        let mut source = None;
         for attr in &route.attributes {
             match attr {
                 RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::PrefSource(RouteAddress::Inet(v4)) => source = Some((*v4).into()),
+                RouteAttribute::PrefSource(RouteAddress::Inet6(v6)) => source = Some((*v6).into()),
                 RouteAttribute::Gateway(RouteAddress::Inet(v4)) => gateway = Some((*v4).into()),
                 RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => gateway = Some((*v6).into()),
                 _ => {}
             }
         }
-        Ok((oif == Some(self.ifindex)).then_some(gateway.unwrap_or(dst)))
+        Ok((oif == Some(self.ifindex)).then_some((gateway.unwrap_or(dst), source)))
     }
 
     /// The kernel's entry for `hop` on our interface, if it has a usable

@@ -423,11 +423,19 @@ impl PacketIo for XskQueue {
 
     fn send(&mut self, t: &Transmit<'_>) -> io::Result<()> {
         let dst = SocketAddr::new(t.destination.ip().to_canonical(), t.destination.port());
+        let family = |ip: &IpAddr| ip.is_ipv4() == dst.is_ipv4() && !ip.is_unspecified();
         let src_ip = t
             .src_ip
             .or(self.settings.default_src)
             .map(|ip| ip.to_canonical())
-            .filter(|ip| ip.is_ipv4() == dst.is_ipv4() && !ip.is_unspecified())
+            .filter(family)
+            // Bound to no address (a client, say): where the kernel would
+            // send from.
+            .or_else(|| {
+                self.neighbors
+                    .source_for(dst.ip(), Instant::now())
+                    .filter(family)
+            })
             .ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
