@@ -1,6 +1,7 @@
 //! HTTP/3: requests/s, p50/p99 latency and server CPU per request of
 //! h3-server over XDP, the same server over kernel UDP, and quinn +
-//! h3-quinn (quinn-h3-server) serving the same site, each driven by h3-load
+//! h3-quinn (quinn-h3-server) serving the same site on kernel UDP and on
+//! the datapath's AF_XDP quinn socket, each driven by h3-load
 //! from a client namespace, in one run, alternating round by round. The
 //! body is /bytes/N: served from memory (no file I/O, no per-request
 //! generation). Server CPU: the server process's utime + stime over the
@@ -11,6 +12,8 @@
 //!
 //!     cargo build --release -p quic-xdp-examples
 //!     sudo cargo bench -p quic-xdp-benches --bench h3_bench -- --secs 5 --rounds 5
+//!
+//! `--client-xdp` runs h3-load on AF_XDP as well.
 
 mod common;
 
@@ -38,11 +41,18 @@ struct Args {
     /// Requests in flight per connection.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Run the load generator on AF_XDP too (h3-load --xdp veth-c), so the
+    /// kernel's UDP path on the client side does not cap the rates.
+    #[arg(long)]
+    client_xdp: bool,
     #[arg(long, hide = true)]
     bench: bool,
 }
 
-const SERVERS: [(&str, &str, &[&str]); 3] = [
+/// The row the others are compared with.
+const REFERENCE: usize = 2;
+
+const SERVERS: [(&str, &str, &[&str]); 4] = [
     (
         "h3-server (quic-xdp), XDP",
         "h3-server",
@@ -54,6 +64,11 @@ const SERVERS: [(&str, &str, &[&str]); 3] = [
         &["--interface", "veth-s", "--mode", "udp"],
     ),
     ("quinn + h3-quinn, kernel UDP", "quinn-h3-server", &[]),
+    (
+        "quinn + h3-quinn, AF_XDP socket",
+        "quinn-h3-server",
+        &["--xdp", "veth-s"],
+    ),
 ];
 
 /// The release binaries of the examples package, beside this bench's.
@@ -141,6 +156,11 @@ fn load(net: &TestNet, args: &Args, dir: &Path) -> anyhow::Result<Run> {
             &args.concurrency.to_string(),
         ])
         .args(["-d", &args.secs.to_string()])
+        .args(if args.client_xdp {
+            &["--xdp", "veth-c"][..]
+        } else {
+            &[]
+        })
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json: serde_json::Value =
@@ -189,10 +209,18 @@ fn main() -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     let med = |v: &Vec<f64>| common::median(v.clone());
-    let reference = SERVERS.len() - 1;
+    let reference = REFERENCE;
     println!(
-        "GET /bytes/{}, {} connections x {} in flight, median of {} rounds (min-max)\n",
-        args.size, args.connections, args.concurrency, args.rounds
+        "GET /bytes/{}, {} connections x {} in flight, client on {}, median of {} rounds (min-max)\n",
+        args.size,
+        args.connections,
+        args.concurrency,
+        if args.client_xdp {
+            "AF_XDP"
+        } else {
+            "kernel UDP"
+        },
+        args.rounds
     );
     println!(
         "| server | req/s | req/s vs quinn | p50 ms | p99 ms | p99 vs quinn | server CPU us/req | CPU vs quinn | errors |"

@@ -24,6 +24,7 @@ use quinn::crypto::rustls::QuicClientConfig;
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 
 mod common;
+mod quinn_xdp;
 
 #[derive(Parser)]
 #[command(
@@ -70,6 +71,12 @@ struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Send and receive through AF_XDP on this interface (quinn over the
+    /// quic-xdp datapath: an XDP program steers the client's port), so the
+    /// kernel's UDP path does not limit the load. Needs root or CAP_BPF +
+    /// CAP_NET_ADMIN.
+    #[arg(long, value_name = "IFACE")]
+    xdp: Option<String>,
 }
 
 type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
@@ -414,7 +421,10 @@ fn client_endpoint(args: &Args, target: SocketAddr) -> anyhow::Result<quinn::End
         "[::]:0"
     }
     .parse()?;
-    let mut client = quinn::Endpoint::client(bind)?;
+    let mut client = match &args.xdp {
+        None => quinn::Endpoint::client(bind)?,
+        Some(interface) => quinn_xdp::endpoint(bind, interface, None)?,
+    };
     client.set_default_client_config(quinn::ClientConfig::new(Arc::new(
         QuicClientConfig::try_from(tls)?,
     )));

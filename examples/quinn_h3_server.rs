@@ -1,5 +1,6 @@
 //! The h3-server's site (files, /bytes/N) served by quinn + h3-quinn on
-//! kernel UDP: the reference the HTTP/3 benchmark compares quic-xdp with.
+//! kernel UDP (or, with --xdp, on AF_XDP through the datapath's quinn
+//! socket): the reference the HTTP/3 benchmark compares quic-xdp with.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -9,6 +10,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 mod common;
+mod quinn_xdp;
 mod root_dir;
 mod site;
 mod stop;
@@ -36,6 +38,9 @@ struct Args {
     /// Exit after this many seconds.
     #[arg(long)]
     duration: Option<f64>,
+    /// quinn on AF_XDP on this interface instead of a kernel UDP socket.
+    #[arg(long, value_name = "IFACE")]
+    xdp: Option<String>,
 }
 
 #[tokio::main]
@@ -59,7 +64,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tls.alpn_protocols = vec![b"h3".to_vec()];
     tls.max_early_data_size = u32::MAX;
     let config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
-    let endpoint = quinn::Endpoint::server(config, SocketAddr::new(args.address, args.port))?;
+    let addr = SocketAddr::new(args.address, args.port);
+    let endpoint = match &args.xdp {
+        None => quinn::Endpoint::server(config, addr)?,
+        Some(interface) => quinn_xdp::endpoint(addr, interface, Some(config))?,
+    };
     // The benchmark's reference: same site limits as h3-server; it is
     // stopped without draining.
     let (_drain, draining) = tokio::sync::watch::channel(false);

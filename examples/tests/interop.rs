@@ -716,3 +716,48 @@ fn chromium_loads_a_page_with_subresources_over_http3() {
     );
     let _ = std::fs::remove_dir_all(pki);
 }
+
+/// h3-load --xdp: the load generator's quinn on AF_XDP in the client
+/// namespace, against h3-server over XDP: every request answered.
+#[test]
+fn h3_load_over_xdp_against_h3_server_over_xdp() {
+    if !privileged() {
+        return;
+    }
+    let net = TestNet::create(&TestNetConfig::default()).unwrap();
+    let server = start_server(&net, "load-xdp");
+    let out = net
+        .client
+        .command(env!("CARGO_BIN_EXE_h3-load"))
+        .args([
+            "https://localhost:4433/bytes/100000",
+            "https://localhost:4433/small.txt",
+            "--connect",
+            "10.77.0.2:4433",
+            "--xdp",
+            TestNet::CLIENT_IF,
+            "-c",
+            "4",
+            "-m",
+            "8",
+            "-n",
+            "400",
+            "--json",
+            "-",
+            "--quiet",
+        ])
+        .arg("--ca")
+        .arg(server.dir.join("ca.pem"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&stdout[stdout.find("\n{").unwrap() + 1..]).unwrap();
+    assert_eq!(summary["requests_ok"], 400, "{summary}");
+    assert_eq!(summary["errors"], serde_json::json!({}), "{summary}");
+}
