@@ -51,6 +51,7 @@ pub struct EndpointBuilder {
     datapath: DatapathConfig,
     identity: Identity,
     alpn: Vec<Vec<u8>>,
+    crypto: Option<Arc<rustls::crypto::CryptoProvider>>,
     transport: Option<Arc<TransportConfig>>,
     idle_timeout: Duration,
     max_concurrent_streams: u32,
@@ -69,6 +70,7 @@ impl EndpointBuilder {
             datapath: DatapathConfig::new(listen),
             identity: Identity::Dev,
             alpn: Vec::new(),
+            crypto: None,
             transport: None,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
@@ -122,6 +124,14 @@ impl EndpointBuilder {
     /// Application protocols offered in ALPN, in order of preference.
     pub fn alpn<P: AsRef<[u8]>>(mut self, protocols: impl IntoIterator<Item = P>) -> Self {
         self.alpn = protocols.into_iter().map(|p| p.as_ref().to_vec()).collect();
+        self
+    }
+
+    /// The cryptography TLS uses; ring by default. With the `aws-lc-rs`
+    /// feature, `rustls::crypto::aws_lc_rs::default_provider()` adds the
+    /// X25519MLKEM768 post-quantum hybrid key exchange browsers offer.
+    pub fn crypto_provider(mut self, provider: Arc<rustls::crypto::CryptoProvider>) -> Self {
+        self.crypto = Some(provider);
         self
     }
 
@@ -245,14 +255,16 @@ impl EndpointBuilder {
             None => {
                 let identity = std::mem::replace(&mut self.identity, Identity::Dev);
                 let (certs, key, dev_ca) = identity_chain(identity, &self.datapath)?;
-                let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .map_err(|e| Error::Tls(e.to_string()))?
-                .with_no_client_auth()
-                .with_single_cert(certs, key)
-                .map_err(|e| Error::Tls(e.to_string()))?;
+                let provider = self
+                    .crypto
+                    .take()
+                    .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+                let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+                    .with_protocol_versions(&[&rustls::version::TLS13])
+                    .map_err(|e| Error::Tls(e.to_string()))?
+                    .with_no_client_auth()
+                    .with_single_cert(certs, key)
+                    .map_err(|e| Error::Tls(e.to_string()))?;
                 tls.alpn_protocols = std::mem::take(&mut self.alpn);
                 // TLS secrets go to the file SSLKEYLOGFILE names, if set
                 // (for Wireshark); without it this logs nothing.

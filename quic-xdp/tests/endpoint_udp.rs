@@ -451,6 +451,43 @@ async fn the_source_policy_applies_on_kernel_sockets() {
     ep.shutdown().await;
 }
 
+/// TLS as browsers offer it in 2026: a client whose only key exchange is
+/// the X25519MLKEM768 post-quantum hybrid completes the handshake with the
+/// aws-lc-rs provider; with ring (no such group) it cannot.
+#[cfg(feature = "aws-lc-rs")]
+#[tokio::test]
+async fn a_client_offering_only_the_pq_hybrid_group_connects_with_aws_lc_rs() {
+    use rustls::crypto::aws_lc_rs;
+    let hybrid_only = || {
+        let mut provider = aws_lc_rs::default_provider();
+        provider.kx_groups = vec![aws_lc_rs::kx_group::X25519MLKEM768];
+        provider
+    };
+    let attempt = |b: EndpointBuilder| async move {
+        let (ep, server) = start(b);
+        spawn_echo(ep.clone());
+        let ca = ep.dev_ca_certificate().unwrap().clone();
+        let mut client = client(server, &ca);
+        client.set_default_client_config(client_config_with(&ca, ALPN, hybrid_only()));
+        let result = timeout(
+            Duration::from_secs(5),
+            client.connect(server, "localhost").unwrap(),
+        )
+        .await
+        .unwrap();
+        if let Ok(conn) = &result {
+            assert_eq!(echo_stream(conn, b"post-quantum").await, b"post-quantum");
+        }
+        ep.shutdown().await;
+        result.map(drop)
+    };
+    let aws =
+        builder("127.0.0.1:0").crypto_provider(std::sync::Arc::new(aws_lc_rs::default_provider()));
+    attempt(aws).await.expect("the hybrid group with aws-lc-rs");
+    let refused = attempt(builder("127.0.0.1:0")).await;
+    assert!(refused.is_err(), "ring has no hybrid group: {refused:?}");
+}
+
 #[tokio::test]
 async fn shutdown_closes_connections_and_stops_accepting() {
     let (ep, server) = start(builder("127.0.0.1:0"));

@@ -16,15 +16,23 @@ pub const ALPN: &[u8] = b"echo";
 
 /// A quinn client configuration trusting `ca`, offering `alpn`.
 pub fn client_config(ca: &CertificateDer<'static>, alpn: &[u8]) -> quinn::ClientConfig {
+    client_config_with(ca, alpn, rustls::crypto::ring::default_provider())
+}
+
+/// Like `client_config`, with the cryptography (key exchange groups...)
+/// of `provider`.
+pub fn client_config_with(
+    ca: &CertificateDer<'static>,
+    alpn: &[u8],
+    provider: rustls::crypto::CryptoProvider,
+) -> quinn::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     tls.alpn_protocols = vec![alpn.to_vec()];
     tls.enable_early_data = true;
     quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()))
