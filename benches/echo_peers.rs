@@ -33,6 +33,23 @@ pub fn runtimes() -> std::io::Result<(Runtime, Runtime)> {
 }
 pub const ALPN: &[u8] = b"echo";
 
+/// The TLS cryptography of every server and the client in a run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Crypto {
+    Ring,
+    /// aws-lc-rs: X25519MLKEM768 (post-quantum hybrid) first.
+    AwsLcRs,
+}
+
+impl Crypto {
+    pub fn provider(self) -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(match self {
+            Self::Ring => rustls::crypto::ring::default_provider(),
+            Self::AwsLcRs => rustls::crypto::aws_lc_rs::default_provider(),
+        })
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Server {
     QuicXdpOverXdp,
@@ -65,6 +82,7 @@ pub fn start(
     rt: &Runtime,
     server: Server,
     certs: &certs::DevCerts,
+    crypto: Crypto,
     datapath: impl FnOnce(&mut datapath::DatapathConfig),
 ) -> anyhow::Result<Running> {
     let listen = SocketAddr::new("::".parse()?, PORT);
@@ -79,6 +97,7 @@ pub fn start(
                 .interface(TestNet::SERVER_IF)
                 .mode(mode)
                 .certificate(certs.chain(), certs.key())
+                .crypto_provider(crypto.provider())
                 .alpn([ALPN])
                 .datapath(datapath);
             let ep = net.server.run(|| builder.bind())?;
@@ -96,12 +115,10 @@ pub fn start(
         }
         Server::QuinnOverUdp => {
             let socket = net.server.run(|| UdpSocket::bind(listen))?;
-            let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_no_client_auth()
-            .with_single_cert(certs.chain(), certs.key())?;
+            let mut tls = rustls::ServerConfig::builder_with_provider(crypto.provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])?
+                .with_no_client_auth()
+                .with_single_cert(certs.chain(), certs.key())?;
             tls.alpn_protocols = vec![ALPN.to_vec()];
             let config =
                 quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
@@ -164,16 +181,15 @@ pub fn client(
     net: &TestNet,
     rt: &Runtime,
     ca: &CertificateDer<'static>,
+    crypto: Crypto,
 ) -> anyhow::Result<quinn::Endpoint> {
     let socket = net.client.run(|| UdpSocket::bind("0.0.0.0:0"))?;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone())?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut tls = rustls::ClientConfig::builder_with_provider(crypto.provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let _guard = rt.enter();
     let mut ep = quinn::Endpoint::new(

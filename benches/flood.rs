@@ -234,13 +234,15 @@ fn main() -> anyhow::Result<()> {
                 per_second,
                 burst: per_second,
             });
-            let running = start(&net, &server_rt, server, &certs, |c| c.initial_rate = limit)
-                .with_context(|| server_name((server, rate)))?;
+            let running = start(&net, &server_rt, server, &certs, Crypto::Ring, |c| {
+                c.initial_rate = limit
+            })
+            .with_context(|| server_name((server, rate)))?;
             let steering = |running: &Running| match running {
                 Running::QuicXdp(ep) => ep.stats().steering,
                 Running::Quinn(_) => None,
             };
-            let client = client(&net, &client_rt, &certs.ca_der())?;
+            let client = client(&net, &client_rt, &certs.ca_der(), Crypto::Ring)?;
             let conn = client_rt
                 .block_on(async { anyhow::Ok(client.connect(target, "localhost")?.await?) })?;
             let rr = |conn: &quinn::Connection| {

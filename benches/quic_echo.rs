@@ -62,6 +62,10 @@ struct Args {
     /// AF_XDP ring slots for quic-xdp over XDP.
     #[arg(long, default_value_t = 2048)]
     ring_size: u32,
+    /// TLS cryptography of the servers and the client (aws-lc-rs: the
+    /// X25519MLKEM768 post-quantum hybrid key exchange).
+    #[arg(long, value_enum, default_value_t = Crypto::Ring)]
+    crypto: Crypto,
     /// Servers to measure (default: all three).
     #[arg(long, value_delimiter = ',')]
     servers: Option<Vec<usize>>,
@@ -187,11 +191,11 @@ fn main() -> anyhow::Result<()> {
             if args.servers.as_ref().is_some_and(|s| !s.contains(&i)) {
                 continue;
             }
-            let running = start(&net, &server_rt, server, &certs, |c| {
+            let running = start(&net, &server_rt, server, &certs, args.crypto, |c| {
                 c.ring_size = args.ring_size
             })
             .with_context(|| server.name())?;
-            let client = client(&net, &client_rt, &certs.ca_der())?;
+            let client = client(&net, &client_rt, &certs.ca_der(), args.crypto)?;
             let samples = client_rt.block_on(async {
                 let conn = client.connect(target, "localhost")?.await?;
                 let b = measure(bulk(&conn, &args), 1e6, 8.0 / 1e6).await?;

@@ -81,6 +81,10 @@ pub struct ServerArgs {
     /// file per connection; with --user, writable by that user).
     #[arg(long, value_name = "DIR")]
     pub qlog: Option<PathBuf>,
+    /// TLS cryptography: aws-lc-rs offers the X25519MLKEM768 post-quantum
+    /// hybrid key exchange that browsers use; ring does not.
+    #[arg(long, value_enum, default_value_t = CryptoArg::AwsLcRs)]
+    pub crypto: CryptoArg,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -91,6 +95,12 @@ pub struct ServerArgs {
 pub struct Bound {
     pub endpoint: Endpoint,
     metrics: Option<std::net::TcpListener>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum CryptoArg {
+    AwsLcRs,
+    Ring,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -130,6 +140,10 @@ impl ServerArgs {
                 RetryArg::Always => RetryPolicy::Always,
                 RetryArg::WhenBusy => RetryPolicy::WhenBusy { unvalidated: 256 },
             })
+            .crypto_provider(std::sync::Arc::new(match self.crypto {
+                CryptoArg::AwsLcRs => rustls::crypto::aws_lc_rs::default_provider(),
+                CryptoArg::Ring => rustls::crypto::ring::default_provider(),
+            }))
             .max_connections(self.max_connections)
             .idle_timeout(seconds("--idle-timeout", self.idle_timeout)?)
             .max_concurrent_streams(self.max_streams);
