@@ -22,6 +22,7 @@ macro_rules! counters {
         }
 
         impl QueueCounters {
+            /// The counter values now.
             pub fn snapshot(&self) -> CounterSnapshot {
                 CounterSnapshot { $( $name: self.$name.load(Relaxed), )* }
             }
@@ -45,9 +46,13 @@ macro_rules! counters {
 }
 
 counters! {
+    /// Datagrams received and delivered.
     rx_packets,
+    /// UDP payload bytes received and delivered.
     rx_bytes,
+    /// Datagrams queued for transmission.
     tx_packets,
+    /// UDP payload bytes queued for transmission.
     tx_bytes,
     /// Frames steered to us that did not decode as UDP/IP.
     rx_malformed,
@@ -83,6 +88,7 @@ counters! {
     frames_in_use,
     /// Kernel: invalid descriptors on the rx / tx rings.
     rx_invalid_descs,
+    /// Kernel: invalid descriptors on the tx ring.
     tx_invalid_descs,
 }
 

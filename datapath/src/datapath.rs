@@ -47,6 +47,8 @@ impl FromStr for Mode {
     }
 }
 
+/// What `Datapath::open` opens: the mode, the address, and the XDP
+/// settings.
 #[derive(Debug, Clone)]
 pub struct DatapathConfig {
     /// Address and port to serve. An unspecified IPv6 address serves IPv4
@@ -54,14 +56,18 @@ pub struct DatapathConfig {
     pub listen: SocketAddr,
     /// The interface to steer on; by default the one that owns `listen`.
     pub interface: Option<String>,
+    /// XDP, kernel UDP, or XDP where possible (the default).
     pub mode: Mode,
+    /// Which XDP attach modes to try (native, generic).
     pub attach: AttachPreference,
+    /// Whether the AF_XDP sockets use zero-copy.
     pub zero_copy: ZeroCopy,
     /// Rx queues to bind; by default every active one.
     pub queues: Option<Vec<u32>>,
     /// AF_XDP ring slots (a power of two); each queue's UMEM holds twice
     /// as many 4 KiB frames.
     pub ring_size: u32,
+    /// How much of the UDP checksum the AF_XDP sockets verify on receive.
     pub checksum: ChecksumPolicy,
     /// Per-source limit on client Initials, enforced in the XDP program.
     /// Off by default: one address may stand for many clients (NAT, load
@@ -73,6 +79,9 @@ pub struct DatapathConfig {
 }
 
 impl DatapathConfig {
+    /// The defaults for serving `listen`: auto mode, every rx queue,
+    /// 2048-slot rings, checksums verified, no Initial rate limit and no
+    /// source policy.
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
@@ -105,12 +114,18 @@ impl DatapathConfig {
 /// The datapath actually running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ActiveMode {
+    /// The XDP program steers into AF_XDP sockets.
     Xdp {
+        /// The interface the program is attached to.
         interface: String,
+        /// How the program is attached.
         attach: AttachMode,
+        /// Whether every AF_XDP socket runs in zero-copy mode.
         zero_copy: bool,
+        /// The rx queues with an AF_XDP socket.
         queues: Vec<u32>,
     },
+    /// Kernel UDP sockets.
     Udp {
         /// Why XDP is not in use, when it was not explicitly declined.
         fallback_reason: Option<String>,
@@ -153,6 +168,9 @@ pub struct Datapath {
 }
 
 impl Datapath {
+    /// Opens the datapath `config` describes. In auto mode, a failure
+    /// specific to XDP falls back to kernel UDP (logged, and kept in
+    /// `ActiveMode::Udp`); configuration errors fail in every mode.
     pub fn open(config: &DatapathConfig) -> Result<Self> {
         config.validate()?;
         match config.mode {
@@ -305,6 +323,7 @@ impl Datapath {
         })
     }
 
+    /// The datapath actually running.
     pub fn mode(&self) -> &ActiveMode {
         &self.mode
     }
@@ -314,10 +333,12 @@ impl Datapath {
         self.local
     }
 
+    /// The queues still held here (none once taken).
     pub fn queues(&self) -> &[Box<dyn PacketIo>] {
         &self.queues
     }
 
+    /// The queues still held here, to receive and send on.
     pub fn queues_mut(&mut self) -> &mut [Box<dyn PacketIo>] {
         &mut self.queues
     }
@@ -368,6 +389,7 @@ impl Datapath {
         self.steering().and_then(|s| s.stats().ok())
     }
 
+    /// The steering program, locked (XDP mode only).
     pub fn steering(&self) -> Option<std::sync::MutexGuard<'_, SteeringProgram>> {
         self.steering
             .as_ref()

@@ -15,17 +15,21 @@ use crate::io::{PacketIo, RxMeta, Transmit, send_or_through_kernel, wait_readabl
 const TX_RETRY_FOR: Duration = Duration::from_millis(50);
 const POLL_EVERY: Duration = Duration::from_millis(20);
 
+/// What an echo run did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct EchoOutcome {
+    /// Datagrams answered.
     pub echoed: u64,
     /// Replies that could not be sent (ring stayed full, no route).
     pub dropped: u64,
 }
 
+/// When `serve` stops on its own; no limit by default.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EchoLimits {
     /// Stop after answering this many datagrams.
     pub count: Option<u64>,
+    /// Stop at this instant.
     pub deadline: Option<Instant>,
 }
 

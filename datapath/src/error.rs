@@ -2,37 +2,74 @@
 
 use std::{io, net::SocketAddr};
 
+/// Why the datapath could not be opened or configured.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// No network interface has this name.
     #[error("unknown network interface `{0}`")]
     UnknownInterface(String),
+    /// Another socket holds the UDP address.
     #[error("UDP address {addr} is already in use by another socket")]
-    AddrInUse { addr: SocketAddr },
+    AddrInUse {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+    /// The UDP socket could not be bound for another reason.
     #[error("cannot bind UDP socket on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The error from the kernel.
+        source: io::Error,
+    },
+    /// The kernel refused a BPF or XDP operation for lack of privilege.
     #[error("XDP needs CAP_NET_ADMIN and CAP_BPF (run as root) - {context}: {source}")]
     NoPrivilege {
+        /// The operation refused.
         context: &'static str,
+        /// The error from the kernel.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The steering program could not be loaded, or its maps updated.
     #[error("cannot load the XDP steering program: {0}")]
     Load(Box<dyn std::error::Error + Send + Sync>),
+    /// Every attach mode allowed was refused.
     #[error("cannot attach XDP to `{interface}` in any mode ({reason})")]
-    Attach { interface: String, reason: String },
-    #[error("cannot create an AF_XDP socket on `{interface}` queue {queue}: {reason}")]
-    Socket {
+    Attach {
+        /// The interface.
         interface: String,
-        queue: u32,
+        /// Why each mode was refused.
         reason: String,
     },
+    /// An AF_XDP socket could not be created or bound.
+    #[error("cannot create an AF_XDP socket on `{interface}` queue {queue}: {reason}")]
+    Socket {
+        /// The interface.
+        interface: String,
+        /// The rx queue.
+        queue: u32,
+        /// What went wrong.
+        reason: String,
+    },
+    /// XDP cannot serve on this interface (loopback, no interface found,
+    /// zero-copy refused).
     #[error("XDP cannot be used on `{interface}`: {reason}")]
-    Unsupported { interface: String, reason: String },
+    Unsupported {
+        /// The interface (`?` when none could be chosen).
+        interface: String,
+        /// Why not.
+        reason: String,
+    },
+    /// Settings out of range or inconsistent, or privileges that could
+    /// not be dropped.
     #[error("invalid datapath configuration: {0}")]
     Config(String),
+    /// Any other I/O error.
     #[error(transparent)]
     Io(#[from] io::Error),
 }
 
+/// A result with the datapath's error type by default.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Whether `err` (or anything in its source chain) is EPERM/EACCES: the

@@ -13,18 +13,26 @@ use smoltcp::wire::EthernetAddress;
 
 use crate::error::{Error, Result};
 
+/// A network interface's name, index, MAC address, MTU and queues.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfaceInfo {
+    /// The interface name.
     pub name: String,
+    /// The interface index.
     pub index: u32,
+    /// The hardware address.
     pub mac: EthernetAddress,
+    /// The MTU: the largest IP packet, without the Ethernet header.
     pub mtu: u32,
+    /// Whether it is a loopback interface.
     pub loopback: bool,
     /// Active rx queues: one AF_XDP socket is needed on each.
     pub rx_queues: u32,
 }
 
 impl InterfaceInfo {
+    /// Asks the kernel about the interface `name`, in the calling thread's
+    /// network namespace.
     pub fn lookup(name: &str) -> Result<Self> {
         let cname = CString::new(name).map_err(|_| Error::UnknownInterface(name.into()))?;
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {

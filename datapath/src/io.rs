@@ -14,6 +14,7 @@ pub struct RxMeta {
     /// The address the datagram was sent to: the QUIC layer must answer
     /// from it.
     pub local: SocketAddr,
+    /// The ECN codepoint the datagram carried, if ECN-capable.
     pub ecn: Option<EcnCodepoint>,
 }
 
@@ -22,16 +23,25 @@ pub struct RxMeta {
 pub enum QueueKind {
     /// An AF_XDP socket on one rx queue of an interface.
     Xsk {
+        /// The interface.
         interface: String,
+        /// The rx queue.
         queue: u32,
+        /// Whether the socket runs in zero-copy mode.
         zero_copy: bool,
     },
     /// A kernel UDP socket serving the endpoint (fallback mode).
-    Udp { local: SocketAddr },
+    Udp {
+        /// The socket's bound address.
+        local: SocketAddr,
+    },
     /// The kernel UDP socket that reserves the port in XDP mode: what
     /// reaches it escaped steering (no socket on its rx queue, fragments,
     /// extension headers) and is still served.
-    SteeringMiss { local: SocketAddr },
+    SteeringMiss {
+        /// The socket's bound address.
+        local: SocketAddr,
+    },
 }
 
 /// One queue of datagrams in each direction, driven by one thread.
@@ -67,6 +77,7 @@ pub trait PacketIo: Send {
     /// How many datagrams one `send` may carry as a `segment_size` batch.
     fn max_segments(&self) -> usize;
 
+    /// What kind of queue this is.
     fn kind(&self) -> &QueueKind;
 
     /// This queue's counters (shared, so other threads can read them).

@@ -8,6 +8,8 @@
 //! - [`udp`]: kernel UDP sockets: the fallback, and the port reservation.
 //! - [`io::PacketIo`]: what both offer the QUIC layer.
 //! - [`datapath`]: opens the right one for a configuration.
+
+#![warn(missing_docs)]
 pub mod addresses;
 pub mod datapath;
 pub mod echo;

@@ -42,19 +42,22 @@ const MAC_GLOBAL: &str = "IFACE_MAC";
 const INITIAL_INTERVAL_GLOBAL: &str = "INITIAL_INTERVAL_NS";
 const INITIAL_BURST_GLOBAL: &str = "INITIAL_BURST_NS";
 
-/// A per-source limit on client Initials, enforced in the XDP program
-/// (XDP_DROP beyond it): `per_second` on average, with bursts of up to
-/// `burst` more (at least [`MIN_INITIAL_BURST`]). Sources are tracked in an
-/// LRU map (65536 entries), so a spoofed flood cannot exhaust it. Clients
-/// behind one NAT share a limit.
 /// The smallest burst allowed: one handshake sends several datagrams with
 /// Initials (the first flight, its ACKs, a retransmission, the Initial after
 /// a Retry); a smaller burst would cost every handshake a PTO.
 pub const MIN_INITIAL_BURST: u32 = 4;
 
+/// A per-source limit on client Initials, enforced in the XDP program
+/// (XDP_DROP beyond it): `per_second` on average, with bursts of up to
+/// `burst` more (at least [`MIN_INITIAL_BURST`]). Sources are tracked in an
+/// LRU map (65536 entries), so a spoofed flood cannot exhaust it. Clients
+/// behind one NAT share a limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InitialRate {
+    /// Initials per second on average; 0 for no limit.
     pub per_second: u32,
+    /// How many more Initials a burst may send (at least
+    /// `MIN_INITIAL_BURST`).
     pub burst: u32,
 }
 
@@ -137,26 +140,45 @@ fn replace_trie<const N: usize>(
 /// Why the program gave a frame its verdict (`enum steer_reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SteerReason {
+    /// Handed to the AF_XDP socket of its rx queue.
     Redirected = 0,
+    /// Passed: addressed to a listener, but no socket is bound on this rx
+    /// queue.
     PassNoSocket = 1,
+    /// Passed: not IP (ARP, LLDP, unknown ethertype).
     PassNotIp = 2,
+    /// Passed: not UDP (TCP, ICMP, IPv6 extension headers).
     PassNotUdp = 3,
+    /// Passed: an IPv4 fragment, for the kernel to reassemble.
     PassFragment = 4,
+    /// Passed: truncated, bad lengths or bad IP version.
     PassMalformed = 5,
+    /// Passed: UDP for another port or address.
     PassNoMatch = 6,
+    /// Passed: addressed to a listener, but larger than a UMEM frame.
     PassTooBig = 7,
+    /// Passed: the destination MAC is another host's, or a group address.
     PassNotOurs = 8,
+    /// Passed: VLAN-tagged, and no VLAN is configured here.
     PassVlan = 9,
+    /// Passed: IPv4 with options, for the kernel's rules.
     PassIpOptions = 10,
+    /// Passed: an impossible source address or source MAC.
     PassMartian = 11,
+    /// Dropped: shorter than any QUIC datagram to us can be.
     DropNotQuic = 12,
+    /// Dropped: a client Initial in a datagram under 1200 bytes.
     DropShortInitial = 13,
+    /// Dropped: the source is over its Initial rate limit.
     DropInitialRate = 14,
+    /// Dropped: the source is in a denied prefix.
     DropDenied = 15,
+    /// Dropped: an allow list exists and the source is not in it.
     DropNotAllowed = 16,
 }
 
 impl SteerReason {
+    /// Every reason, in index order.
     pub const ALL: [SteerReason; 17] = [
         Self::Redirected,
         Self::PassNoSocket,
@@ -177,6 +199,8 @@ impl SteerReason {
         Self::DropNotAllowed,
     ];
 
+    /// The reason's snake_case name, as used in metrics and `SteerStats`'
+    /// display.
     pub fn name(self) -> &'static str {
         match self {
             Self::Redirected => "redirected",
@@ -205,6 +229,7 @@ impl SteerReason {
 pub struct SteerStats([u64; SteerReason::ALL.len()]);
 
 impl SteerStats {
+    /// The count for `reason`.
     pub fn get(&self, reason: SteerReason) -> u64 {
         self.0[reason as usize]
     }
@@ -234,11 +259,17 @@ impl fmt::Display for SteerStats {
 /// An XDP return code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XdpAction {
+    /// XDP_ABORTED: a program error; the frame is dropped.
     Aborted,
+    /// XDP_DROP.
     Drop,
+    /// XDP_PASS: on to the kernel stack.
     Pass,
+    /// XDP_TX: sent back out of the same interface.
     Tx,
+    /// XDP_REDIRECT: to another interface, CPU or AF_XDP socket.
     Redirect,
+    /// A code outside the known ones.
     Other(u32),
 }
 
@@ -258,7 +289,9 @@ impl From<u32> for XdpAction {
 /// Where the program runs: in the driver, or generically in the stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
+    /// In the driver, before an skb is allocated.
     Native,
+    /// Generic (skb) mode, in the kernel stack; works with any driver.
     Generic,
 }
 
@@ -277,7 +310,9 @@ pub enum AttachPreference {
     /// Native, then generic if the driver refuses.
     #[default]
     Auto,
+    /// Native only: fail if the driver refuses.
     NativeOnly,
+    /// Generic (skb) mode only.
     GenericOnly,
 }
 

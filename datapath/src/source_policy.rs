@@ -13,14 +13,17 @@ pub use ipnet::IpNet;
 
 use crate::{Error, Result};
 
+/// Allowed and denied source prefixes; the default admits every source.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SourcePolicy {
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
 }
 
+/// What the policy says about one source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SourceVerdict {
+    /// Admitted.
     Allowed,
     /// In a denied prefix.
     Denied,
@@ -54,6 +57,7 @@ impl SourcePolicy {
         Ok(Self { allow, deny })
     }
 
+    /// Whether the policy has no prefix at all, so admits every source.
     pub fn is_empty(&self) -> bool {
         self.allow.is_empty() && self.deny.is_empty()
     }

@@ -80,6 +80,7 @@ pub struct Netns {
 }
 
 impl Netns {
+    /// Creates the namespace `name` (removed again when dropped).
     pub fn create(name: &str) -> io::Result<Self> {
         ip(&["netns", "add", name])?;
         let ns = Self { name: name.into() };
@@ -87,6 +88,7 @@ impl Netns {
         Ok(ns)
     }
 
+    /// The namespace's name, as `ip netns` knows it.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -164,10 +166,12 @@ fn remove_stale_namespaces() {
     }
 }
 
+/// How `TestNet` sets up its link.
 #[derive(Debug, Clone)]
 pub struct TestNetConfig {
     /// Rx (and tx) queues of each veth end.
     pub queues: u32,
+    /// MTU of both ends of the veth pair.
     pub mtu: u32,
     /// The client computes full UDP checksums (`false`: the default veth
     /// behaviour, partial checksums).
@@ -188,20 +192,31 @@ impl Default for TestNetConfig {
 /// `server` (10.77.0.2, fd77::2).
 #[derive(Debug)]
 pub struct TestNet {
+    /// The client's namespace (`veth-c`).
     pub client: Netns,
+    /// The server's namespace (`veth-s`).
     pub server: Netns,
 }
 
 impl TestNet {
+    /// The client's end of the veth pair.
     pub const CLIENT_IF: &'static str = "veth-c";
+    /// The server's end of the veth pair.
     pub const SERVER_IF: &'static str = "veth-s";
+    /// The client's IPv4 address.
     pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+    /// The server's IPv4 address.
     pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+    /// The client's IPv6 address.
     pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 1);
+    /// The server's IPv6 address.
     pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 2);
+    /// The client interface's MAC.
     pub const CLIENT_MAC: &'static str = "02:77:00:00:00:01";
+    /// The server interface's MAC.
     pub const SERVER_MAC: &'static str = "02:77:00:00:00:02";
 
+    /// Creates both namespaces and the veth pair between them.
     pub fn create(config: &TestNetConfig) -> io::Result<Self> {
         remove_stale_namespaces();
         let id = format!(
@@ -325,6 +340,7 @@ impl TestNet {
         String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
     }
 
+    /// The server's address and `port`, over IPv6 or IPv4.
     pub fn server_addr(&self, v6: bool, port: u16) -> SocketAddr {
         let ip = if v6 {
             IpAddr::V6(Self::SERVER_V6)
@@ -340,11 +356,13 @@ impl TestNet {
 /// checks every echo.
 #[derive(Debug, Clone)]
 pub struct EchoLoad {
+    /// The echo server to load.
     pub target: SocketAddr,
     /// Datagrams to send (at most).
     pub count: u64,
     /// Payload bytes per datagram (at least 8).
     pub size: usize,
+    /// Datagrams in flight at once.
     pub window: usize,
     /// Stop sending after this long.
     pub duration: Option<Duration>,
@@ -373,9 +391,12 @@ impl EchoLoad {
     }
 }
 
+/// What an echo load run saw.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct EchoReport {
+    /// Datagrams sent.
     pub sent: u64,
+    /// Echoes received and checked.
     pub received: u64,
     /// Echoes whose content did not match what was sent.
     pub corrupted: u64,
@@ -385,14 +406,17 @@ pub struct EchoReport {
     pub refused: u64,
     /// Echoes whose ECN codepoint differs from the one sent.
     pub ecn_mismatches: u64,
+    /// How long the run took.
     pub elapsed: Duration,
 }
 
 impl EchoReport {
+    /// Datagrams sent and never echoed.
     pub fn lost(&self) -> u64 {
         self.sent.saturating_sub(self.received)
     }
 
+    /// Echo rate over the run.
     pub fn echoes_per_sec(&self) -> f64 {
         self.received as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -567,6 +591,7 @@ pub struct RawLink {
 }
 
 impl RawLink {
+    /// A raw socket on `interface` (in the calling thread's namespace).
     pub fn open(interface: &str) -> io::Result<Self> {
         use std::os::fd::FromRawFd;
         let name = std::ffi::CString::new(interface)?;

@@ -32,6 +32,7 @@ const IP_UDP_V4_OVERHEAD: usize = 28;
 /// Largest UDP payload of one message (65535 less the IPv6/UDP headers).
 const MAX_GSO_BYTES: usize = 65_535 - IP_UDP_V6_OVERHEAD;
 
+/// A kernel UDP socket as a datapath queue.
 pub struct UdpQueue {
     socket: UdpSocket,
     state: UdpSocketState,
@@ -128,6 +129,7 @@ impl UdpQueue {
         })
     }
 
+    /// The bound address (IPv4 as plain IPv4, never v4-mapped).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
     }

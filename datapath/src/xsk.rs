@@ -50,20 +50,28 @@ pub enum ZeroCopy {
     /// Zero-copy if the driver offers it, copy mode otherwise.
     #[default]
     Auto,
+    /// Zero-copy or fail.
     Require,
+    /// Copy mode only.
     Disable,
 }
 
 /// Settings shared by the sockets of one interface.
 #[derive(Debug, Clone)]
 pub struct XskSettings {
+    /// The interface name.
     pub interface: String,
+    /// The interface index.
     pub ifindex: u32,
+    /// The interface's MAC address: the source of everything we send.
     pub mac: EthernetAddress,
+    /// The interface MTU: bounds the datagrams `send` accepts.
     pub mtu: u32,
     /// Slots per ring; the UMEM gets twice as many frames.
     pub ring_size: u32,
+    /// Whether to ask the driver for zero-copy.
     pub zero_copy: ZeroCopy,
+    /// How much of the UDP checksum to verify on receive.
     pub checksum: ChecksumPolicy,
     /// The listener's port: the source port of everything we send.
     pub port: u16,
@@ -74,21 +82,29 @@ pub struct XskSettings {
 /// Where each frame of the UMEM is, at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameAccounting {
+    /// Frames set aside for receiving.
     pub rx_frames: usize,
+    /// RX frames the kernel holds (fill or rx ring).
     pub rx_in_kernel: usize,
+    /// RX frames waiting for room on the fill ring.
     pub pending_fill: usize,
+    /// Frames set aside for sending.
     pub tx_frames: usize,
+    /// TX frames on the free list.
     pub tx_free: usize,
+    /// TX frames on the tx or completion ring.
     pub tx_in_flight: usize,
 }
 
 impl FrameAccounting {
+    /// Whether every frame is accounted for, RX and TX alike.
     pub fn is_balanced(&self) -> bool {
         self.rx_in_kernel + self.pending_fill == self.rx_frames
             && self.tx_free + self.tx_in_flight == self.tx_frames
     }
 }
 
+/// An AF_XDP socket bound to one rx queue, with its own UMEM.
 pub struct XskQueue {
     kind: QueueKind,
     umem: Umem,
@@ -228,6 +244,7 @@ impl XskQueue {
         Ok(q)
     }
 
+    /// The rx queue the socket is bound to.
     pub fn queue_id(&self) -> u32 {
         match self.kind {
             QueueKind::Xsk { queue, .. } => queue,
@@ -240,6 +257,7 @@ impl XskQueue {
         self.rx.fd().as_raw_fd()
     }
 
+    /// Where each UMEM frame is now.
     pub fn frame_accounting(&self) -> FrameAccounting {
         FrameAccounting {
             rx_frames: self.rx_frames,

@@ -25,11 +25,14 @@ pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// round trip (costs the client one RTT, protects against spoofed floods).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryPolicy {
+    /// Never send Retry.
     Never,
+    /// Send Retry to every new connection attempt.
     Always,
     /// Once this many attempts are undecided by the application or still
     /// handshaking.
     WhenBusy {
+        /// Attempts undecided or handshaking at which Retry starts.
         unvalidated: usize,
     },
 }
@@ -47,6 +50,7 @@ enum Identity {
     },
 }
 
+/// Configures an [`Endpoint`] and binds it (see `Endpoint::builder`).
 pub struct EndpointBuilder {
     datapath: DatapathConfig,
     identity: Identity,
@@ -65,6 +69,9 @@ pub struct EndpointBuilder {
 }
 
 impl EndpointBuilder {
+    /// A builder for an endpoint listening on `listen`, with the defaults:
+    /// a generated development certificate, up to 10,000 connections, and
+    /// Retry once 256 attempts are unvalidated.
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             datapath: DatapathConfig::new(listen),
@@ -112,6 +119,7 @@ impl EndpointBuilder {
         self
     }
 
+    /// The certificate chain (leaf first) and its private key, in DER.
     pub fn certificate(
         mut self,
         certs: Vec<CertificateDer<'static>>,
@@ -170,6 +178,8 @@ impl EndpointBuilder {
         self
     }
 
+    /// When new connections must prove their address first; by default
+    /// `RetryPolicy::WhenBusy` with 256 unvalidated attempts.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self

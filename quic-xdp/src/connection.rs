@@ -57,6 +57,7 @@ impl Incoming {
         &self.inner.as_ref().expect("decided once").0
     }
 
+    /// The peer's address.
     pub fn remote_address(&self) -> SocketAddr {
         self.proto().remote_address()
     }
@@ -190,16 +191,22 @@ impl Future for Connecting {
     }
 }
 
+/// Why `Connection::send_datagram` failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendDatagramError {
+    /// The peer did not advertise datagram support.
     #[error("the peer does not accept datagrams")]
     UnsupportedByPeer,
+    /// Datagrams are disabled in the local transport configuration.
     #[error("datagrams are disabled locally")]
     Disabled,
+    /// The datagram exceeds `Connection::max_datagram_size`.
     #[error("the datagram is larger than the connection allows")]
     TooLarge,
+    /// The datagram send buffer is full.
     #[error("the datagram send buffer is full")]
     Blocked,
+    /// The connection has ended.
     #[error("connection lost: {0}")]
     ConnectionLost(ConnectionError),
 }
@@ -230,6 +237,8 @@ impl Connection {
         ))
     }
 
+    /// Opens a unidirectional (send-only) stream, waiting for the peer's
+    /// stream limit.
     pub async fn open_uni(&self) -> Result<SendStream, ConnectionError> {
         let id = self.open(Dir::Uni).await?;
         Ok(SendStream::new(self.0.clone(), id))
@@ -244,6 +253,7 @@ impl Connection {
         ))
     }
 
+    /// The next unidirectional stream the peer opens.
     pub async fn accept_uni(&self) -> Result<RecvStream, ConnectionError> {
         let id = self.accept(Dir::Uni).await?;
         Ok(RecvStream::new(self.0.clone(), id))
@@ -311,6 +321,7 @@ impl Connection {
         })
     }
 
+    /// The next unreliable datagram received from the peer.
     pub async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
         poll_fn(|cx| {
             let mut st = self.0.lock();
@@ -369,6 +380,7 @@ impl Connection {
         self.0.lock().error.clone()
     }
 
+    /// The peer's current address (it may change on migration).
     pub fn remote_address(&self) -> SocketAddr {
         self.0.lock().inner.remote_address()
     }
@@ -378,6 +390,7 @@ impl Connection {
         self.0.lock().inner.local_ip()
     }
 
+    /// The current round-trip time estimate.
     pub fn rtt(&self) -> Duration {
         self.0.lock().inner.rtt()
     }

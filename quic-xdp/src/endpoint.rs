@@ -31,8 +31,12 @@ use crate::{
 /// Connection admission counts.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct EndpointCounters {
+    /// Connection attempts accepted.
     pub accepted: u64,
+    /// Connection attempts refused, by the endpoint (connection limit,
+    /// draining, closing) or by the application.
     pub refused: u64,
+    /// Connection attempts asked to prove their address with a Retry.
     pub retried: u64,
     /// Datagrams received by one engine for a connection another owns.
     pub forwarded: u64,
@@ -40,12 +44,16 @@ pub struct EndpointCounters {
     pub forward_dropped: u64,
 }
 
+/// A snapshot of an endpoint's counters (see `Endpoint::stats`).
 #[derive(Debug, Clone)]
 pub struct EndpointStats {
+    /// Connections open now.
     pub open_connections: usize,
+    /// Connection admission counts.
     pub admission: EndpointCounters,
     /// Datapath counters summed over the queues.
     pub datapath: CounterSnapshot,
+    /// Datapath counters per queue.
     pub queues: Vec<(QueueKind, CounterSnapshot)>,
     /// The XDP program's verdicts (XDP mode).
     pub steering: Option<SteerStats>,
@@ -112,6 +120,7 @@ impl Drop for EndpointInner {
 }
 
 impl Endpoint {
+    /// A builder for an endpoint listening on `listen`.
     pub fn builder(listen: SocketAddr) -> EndpointBuilder {
         EndpointBuilder::new(listen)
     }
@@ -252,6 +261,7 @@ impl Endpoint {
         Ok(())
     }
 
+    /// The address the endpoint listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local
     }
@@ -335,6 +345,8 @@ impl Endpoint {
         }));
     }
 
+    /// The endpoint's counters now: connections, admission, the
+    /// datapath's queues and (XDP mode) the steering program's verdicts.
     pub fn stats(&self) -> EndpointStats {
         let queues: Vec<(QueueKind, CounterSnapshot)> = self
             .inner

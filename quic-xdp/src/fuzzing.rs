@@ -42,6 +42,8 @@ impl Outbox for Sink {
     }
 }
 
+/// Engine cores fed datagrams directly, with no socket: what the fuzz
+/// targets drive.
 pub struct RxHarness {
     engines: Vec<EngineCore>,
     cids: CidScheme,
@@ -52,6 +54,7 @@ pub struct RxHarness {
 }
 
 impl RxHarness {
+    /// Two engine cores with a development identity, serving h3 and echo.
     pub fn new() -> Self {
         let mut builder =
             EndpointBuilder::new(SocketAddr::from(([10, 77, 0, 2], 4433))).alpn(["h3", "echo"]);

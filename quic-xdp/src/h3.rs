@@ -32,6 +32,7 @@ pub struct H3Connection {
 }
 
 impl H3Connection {
+    /// Wraps an established connection for `h3::server::Connection::new`.
     pub fn new(conn: Connection) -> Self {
         Self {
             opener: H3Opener { conn },

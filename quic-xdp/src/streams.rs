@@ -17,30 +17,41 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::shared::ConnRef;
 
+/// Why a write to a `SendStream` failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
+    /// The peer sent STOP_SENDING with this code.
     #[error("the peer stopped the stream with code {0}")]
     Stopped(VarInt),
+    /// The connection has ended.
     #[error("connection lost: {0}")]
     ConnectionLost(#[from] ConnectionError),
+    /// The stream was already finished or reset.
     #[error("the stream was already finished or reset")]
     ClosedStream,
 }
 
+/// Why a read from a `RecvStream` failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
+    /// The peer sent RESET_STREAM with this code.
     #[error("the peer reset the stream with code {0}")]
     Reset(VarInt),
+    /// The connection has ended.
     #[error("connection lost: {0}")]
     ConnectionLost(#[from] ConnectionError),
+    /// The stream was already stopped or read to its end.
     #[error("the stream was already stopped or fully read")]
     ClosedStream,
 }
 
+/// Why `RecvStream::read_to_end` failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadToEndError {
+    /// A read failed.
     #[error(transparent)]
     Read(#[from] ReadError),
+    /// The stream holds more than the limit given.
     #[error("the stream is longer than the limit")]
     TooLong,
 }
@@ -83,14 +94,18 @@ impl SendStream {
         }
     }
 
+    /// The stream's ID.
     pub fn id(&self) -> StreamId {
         self.id
     }
 
+    /// Writes a prefix of `buf`, waiting while flow control allows
+    /// nothing; returns how many bytes were written.
     pub async fn write(&mut self, buf: &[u8]) -> Result<usize, WriteError> {
         poll_fn(|cx| self.poll_write_buf(cx, buf)).await
     }
 
+    /// Writes all of `buf`.
     pub async fn write_all(&mut self, mut buf: &[u8]) -> Result<(), WriteError> {
         while !buf.is_empty() {
             let n = self.write(buf).await?;
@@ -219,6 +234,7 @@ impl RecvStream {
         self.drop_code = code;
     }
 
+    /// The stream's ID.
     pub fn id(&self) -> StreamId {
         self.id
     }

@@ -24,7 +24,7 @@ struct Args {
     /// Interface to steer on (default: the one that owns --listen).
     #[arg(short, long)]
     interface: Option<String>,
-    /// Address and port to serve; [::] serves IPv4 and IPv6.
+    /// Address and port to serve; `[::]` serves IPv4 and IPv6.
     #[arg(short, long, default_value = "[::]:4433")]
     listen: SocketAddr,
     #[arg(short, long, value_enum, default_value_t = ModeArg::Auto)]

@@ -17,20 +17,28 @@ use super::{VlanTag, ecn_from_bits};
 /// Why a frame is not a UDP datagram we accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// The frame is shorter than its headers say.
     #[error("frame shorter than its headers say")]
     Truncated,
+    /// Neither IPv4 nor IPv6.
     #[error("not IPv4 or IPv6")]
     NotIp,
+    /// A malformed IP header.
     #[error("malformed IP header")]
     BadIpHeader,
+    /// The IPv4 header checksum does not match.
     #[error("IPv4 header checksum mismatch")]
     BadIpChecksum,
+    /// An IP fragment.
     #[error("IP fragment")]
     Fragment,
+    /// Not UDP, or UDP behind IPv6 extension headers.
     #[error("not UDP (or IPv6 extension headers)")]
     NotUdp,
+    /// The UDP length disagrees with the IP length.
     #[error("UDP length disagrees with the IP length")]
     BadUdpLength,
+    /// The UDP checksum does not match.
     #[error("UDP checksum mismatch")]
     BadUdpChecksum,
 }
@@ -62,17 +70,27 @@ pub enum ChecksumPolicy {
 /// A decoded UDP datagram, borrowing the frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UdpDatagram<'a> {
+    /// The sender's MAC address.
     pub src_mac: EthernetAddress,
+    /// The destination MAC address.
     pub dst_mac: EthernetAddress,
     /// The 802.1Q TCI if the frame carried a tag; replies carry the same.
     pub vlan: Option<u16>,
+    /// The sender's address and port.
     pub src: SocketAddr,
+    /// The destination address and port.
     pub dst: SocketAddr,
+    /// The ECN codepoint from the IP header, if ECN-capable.
     pub ecn: Option<EcnCodepoint>,
+    /// What the UDP checksum field held.
     pub checksum: UdpChecksum,
+    /// The UDP payload.
     pub payload: &'a [u8],
 }
 
+/// Decodes an Ethernet frame (with at most one 802.1Q tag) carrying UDP
+/// over IPv4 or IPv6: lengths and the IPv4 header checksum are always
+/// checked, the UDP checksum as `policy` says.
 pub fn parse_udp_frame(
     frame: &[u8],
     policy: ChecksumPolicy,

@@ -25,8 +25,11 @@ pub const MAX_HEADER_LEN: usize = ETH_LEN + VLAN_HEADER_LEN + IPV6_LEN + UDP_LEN
 /// Link-layer addressing of a datagram: learned from what the peer sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameRoute {
+    /// Our MAC address: the frame's source.
     pub src_mac: EthernetAddress,
+    /// The next hop's MAC address: the frame's destination.
     pub dst_mac: EthernetAddress,
+    /// The 802.1Q TCI to tag the frame with, if any.
     pub vlan: Option<u16>,
 }
 
