@@ -9,11 +9,13 @@ use clap::Parser;
 use quic_xdp::h3::H3Connection;
 
 mod common;
+mod content;
 mod metrics;
 mod root_dir;
 mod server;
 mod site;
 mod stop;
+mod tcp;
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +40,11 @@ struct Args {
     /// the request stream.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     request_timeout: f64,
+    /// Also serve the site over TCP (HTTP/1.1 and HTTP/2 with TLS, same
+    /// address, port and certificate), as browsers first reach it; every
+    /// response names the HTTP/3 port in Alt-Svc.
+    #[arg(long)]
+    tcp: bool,
 }
 
 // One thread for the runtime: connections are served on the engine threads
@@ -54,18 +61,40 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .root
         .canonicalize()
         .with_context(|| format!("serving root {}", args.root.display()))?;
+    // Bound before the endpoint: after --user a low port could not be.
+    let tcp = match args.tcp {
+        true => {
+            let addr = std::net::SocketAddr::new(args.server.address, args.server.port);
+            Some(std::net::TcpListener::bind(addr).with_context(|| format!("binding TCP {addr}"))?)
+        }
+        false => None,
+    };
     let bound = args.server.bind("h3")?;
     println!(
         "listening on {}, serving {}",
         bound.endpoint.local_addr(),
         root.display()
     );
-    let site = site::Site {
+    let content = content::Content {
         root: std::sync::Arc::new(
             root_dir::RootDir::open(&root)
                 .with_context(|| format!("opening {}", root.display()))?,
         ),
         max_generated: args.max_generated,
+        alt_svc: Some(format!("h3=\":{}\"; ma=86400", bound.endpoint.local_addr().port()).parse()?),
+    };
+    let tcp_counters = std::sync::Arc::new(tcp::TcpCounters::default());
+    if let Some(listener) = tcp {
+        let addr = listener.local_addr()?;
+        let tls = rustls::ServerConfig::builder_with_provider(args.server.crypto_provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(bound.identity.certs.clone(), bound.identity.key.clone_key())?;
+        tcp::serve(listener, tls, content.clone(), tcp_counters.clone())?;
+        println!("also serving HTTP/1.1 and HTTP/2 on TCP {addr}");
+    }
+    let site = site::Site {
+        content,
         max_header_size: args.max_header_size,
         request_timeout: server::seconds("--request-timeout", args.request_timeout)?,
         draining: tokio::sync::watch::channel(false).1,
@@ -79,5 +108,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         };
         site::serve(H3Connection::new(conn), site)
     })
-    .await
+    .await?;
+    if args.tcp {
+        let c = &tcp_counters;
+        println!(
+            "tcp: connections {} requests {}",
+            c.connections.load(std::sync::atomic::Ordering::Relaxed),
+            c.requests.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+    Ok(())
 }

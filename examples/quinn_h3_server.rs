@@ -10,6 +10,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 mod common;
+mod content;
 mod quinn_xdp;
 mod root_dir;
 mod site;
@@ -73,8 +74,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // stopped without draining.
     let (_drain, draining) = tokio::sync::watch::channel(false);
     let site = site::Site {
-        root: std::sync::Arc::new(root_dir::RootDir::open(&args.root)?),
-        max_generated: args.max_generated,
+        content: content::Content {
+            root: std::sync::Arc::new(root_dir::RootDir::open(&args.root)?),
+            max_generated: args.max_generated,
+            alt_svc: None,
+        },
         max_header_size: 16 * 1024,
         request_timeout: std::time::Duration::from_secs(10),
         draining,

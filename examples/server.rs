@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use quic_xdp::{Endpoint, EndpointStats, Mode, RetryPolicy, VarInt};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 /// A duration given on the command line in seconds.
 pub fn seconds(flag: &str, secs: f64) -> anyhow::Result<Duration> {
@@ -16,7 +17,7 @@ pub struct ServerArgs {
     /// Interface to steer on (XDP); default: the one owning --address.
     #[arg(short, long)]
     pub interface: Option<String>,
-    /// Address to serve; [::] serves IPv4 and IPv6.
+    /// Address to serve; `[::]` serves IPv4 and IPv6.
     #[arg(short, long, default_value = "::")]
     pub address: std::net::IpAddr,
     #[arg(short, long, default_value_t = 4433)]
@@ -95,6 +96,16 @@ pub struct ServerArgs {
 pub struct Bound {
     pub endpoint: Endpoint,
     metrics: Option<std::net::TcpListener>,
+    /// The certificate and key the endpoint serves (for a TCP listener
+    /// to serve the same; echo-server has none).
+    #[allow(dead_code)]
+    pub identity: Identity,
+}
+
+/// A certificate chain (leaf first) and its private key.
+pub struct Identity {
+    pub certs: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -140,10 +151,7 @@ impl ServerArgs {
                 RetryArg::Always => RetryPolicy::Always,
                 RetryArg::WhenBusy => RetryPolicy::WhenBusy { unvalidated: 256 },
             })
-            .crypto_provider(std::sync::Arc::new(match self.crypto {
-                CryptoArg::AwsLcRs => rustls::crypto::aws_lc_rs::default_provider(),
-                CryptoArg::Ring => rustls::crypto::ring::default_provider(),
-            }))
+            .crypto_provider(self.crypto_provider())
             .max_connections(self.max_connections)
             .idle_timeout(seconds("--idle-timeout", self.idle_timeout)?)
             .max_concurrent_streams(self.max_streams);
@@ -167,30 +175,56 @@ impl ServerArgs {
             };
             builder = builder.datapath(move |c| c.initial_rate = Some(rate));
         }
-        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
-            builder = builder.cert_files(cert, key);
-        }
-        // Opened before binding: with --user the process cannot create it
-        // afterwards.
-        let mut ca_file = match self.cert {
-            None => Some(
-                std::fs::File::create(&self.ca_out)
-                    .with_context(|| format!("creating {}", self.ca_out.display()))?,
-            ),
-            Some(_) => None,
-        };
+        let identity = self.identity()?;
+        builder = builder.certificate(identity.certs.clone(), identity.key.clone_key());
         let endpoint = builder.bind().context("starting the endpoint")?;
-        if let (Some(ca), Some(file)) = (endpoint.dev_ca_certificate(), ca_file.as_mut()) {
-            use std::io::Write;
-            file.write_all(certs::certificate_pem(ca).as_bytes())
-                .with_context(|| format!("writing {}", self.ca_out.display()))?;
-            println!("dev CA written to {}", self.ca_out.display());
-        }
         println!("mode: {}", endpoint.mode());
         if let Some(listener) = &metrics {
             println!("metrics on http://{}/metrics", listener.local_addr()?);
         }
-        Ok(Bound { endpoint, metrics })
+        Ok(Bound {
+            endpoint,
+            metrics,
+            identity,
+        })
+    }
+
+    /// The TLS cryptography `--crypto` names.
+    pub fn crypto_provider(&self) -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+        std::sync::Arc::new(match self.crypto {
+            CryptoArg::AwsLcRs => rustls::crypto::aws_lc_rs::default_provider(),
+            CryptoArg::Ring => rustls::crypto::ring::default_provider(),
+        })
+    }
+
+    /// `--cert`/`--key`, or a generated development CA and leaf (for
+    /// localhost, the loopback addresses and `--address`) whose CA is
+    /// written to `--ca-out` for clients to trust.
+    fn identity(&self) -> anyhow::Result<Identity> {
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            let certs = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("reading {}", cert.display()))?;
+            anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert.display());
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("reading {}", key.display()))?;
+            return Ok(Identity { certs, key });
+        }
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+        if !self.address.is_unspecified() && !names.contains(&self.address.to_string()) {
+            names.push(self.address.to_string());
+        }
+        let dev = certs::DevCerts::generate(&names)?;
+        std::fs::write(&self.ca_out, certs::certificate_pem(&dev.ca_der()))
+            .with_context(|| format!("writing {}", self.ca_out.display()))?;
+        println!(
+            "no --cert: serving a development certificate for {names:?}; its CA is in {}",
+            self.ca_out.display()
+        );
+        Ok(Identity {
+            certs: dev.chain(),
+            key: dev.key(),
+        })
     }
 }
 
@@ -227,7 +261,9 @@ where
     F: Fn(quic_xdp::Connection, Draining) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
-    let Bound { endpoint, metrics } = bound;
+    let Bound {
+        endpoint, metrics, ..
+    } = bound;
     if let Some(listener) = metrics {
         crate::metrics::serve(listener, &endpoint)?;
     }

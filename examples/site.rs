@@ -1,11 +1,9 @@
-//! What the HTTP/3 example servers serve: files under a root directory
-//! and generated bodies at /bytes/N, over any QUIC implementation that
-//! speaks h3's traits (quic-xdp here, quinn in the benchmark's peer).
-//! GET and HEAD; files are opened through `RootDir` (never outside the
-//! root, no dotfiles, regular files only) with a Content-Type by extension.
+//! The HTTP/3 side of the example servers: `content::Content` (files
+//! under a root directory, generated bodies at /bytes/N) over any QUIC
+//! implementation that speaks h3's traits (quic-xdp here, quinn in the
+//! benchmark's peer), with request limits and a graceful drain.
 
 use std::{
-    sync::Arc,
     task::{Context, Poll, Waker},
     time::Duration,
 };
@@ -15,16 +13,11 @@ use h3::{
     quic::{RecvStream, SendStream},
     server::RequestStream,
 };
-use tokio::io::AsyncReadExt;
-
-const CHUNK: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct Site {
-    /// The directory files are served from.
-    pub root: Arc<crate::root_dir::RootDir>,
-    /// Largest /bytes/N body served.
-    pub max_generated: u64,
+    /// What requests get (shared with the TCP listener).
+    pub content: crate::content::Content,
     /// Largest request header section accepted (SETTINGS_MAX_FIELD_SECTION_SIZE);
     /// a larger one gets 431.
     pub max_header_size: u64,
@@ -159,38 +152,18 @@ where
     S: SendStream<Bytes> + RecvStream,
 {
     tracing::debug!(method = %request.method(), uri = %request.uri(), "request");
-    let head = match *request.method() {
-        http::Method::GET => false,
-        http::Method::HEAD => true,
-        _ => {
-            let response = http::Response::builder()
-                .status(http::StatusCode::METHOD_NOT_ALLOWED)
-                .header("allow", "GET, HEAD")
-                .body(())?;
-            stream.send_response(response).await?;
-            return Ok(stream.finish().await?);
-        }
-    };
-    let path = request.uri().path();
-    if let Some(n) = path.strip_prefix("/bytes/") {
-        return match n.parse::<u64>() {
-            Ok(n) if n <= site.max_generated => generated(stream, n, head).await,
-            _ => status(stream, http::StatusCode::BAD_REQUEST).await,
-        };
+    let reply = site
+        .content
+        .reply(request.method(), request.uri().path(), request.headers());
+    let mut response = http::Response::builder().status(reply.status).body(())?;
+    *response.headers_mut() = reply.headers;
+    stream.send_response(response).await?;
+    let mut body = reply.body;
+    while let Some(chunk) = body.next_chunk().await? {
+        stream.send_data(chunk).await?;
     }
-    match site.root.open_file(path) {
-        Some(file) => {
-            let content_type = if path.ends_with('/') {
-                "text/html"
-            } else {
-                mime_guess::from_path(path)
-                    .first_raw()
-                    .unwrap_or("application/octet-stream")
-            };
-            send_file(stream, tokio::fs::File::from_std(file), content_type, head).await
-        }
-        None => status(stream, http::StatusCode::NOT_FOUND).await,
-    }
+    stream.finish().await?;
+    Ok(())
 }
 
 /// Ends the request side once the response is out: reads the request's
@@ -202,69 +175,4 @@ fn end_request<S: SendStream<Bytes> + RecvStream>(stream: &mut RequestStream<S, 
     if !matches!(stream.poll_recv_data(&mut cx), Poll::Ready(Ok(None))) {
         stream.stop_sending(h3::error::Code::H3_NO_ERROR);
     }
-}
-
-async fn status<S: SendStream<Bytes> + RecvStream>(
-    stream: &mut RequestStream<S, Bytes>,
-    code: http::StatusCode,
-) -> anyhow::Result<()> {
-    stream
-        .send_response(http::Response::builder().status(code).body(())?)
-        .await?;
-    stream.finish().await?;
-    Ok(())
-}
-
-/// N bytes of a repeating pattern (byte i of each 64 KiB chunk is i % 251).
-async fn generated<S: SendStream<Bytes> + RecvStream>(
-    stream: &mut RequestStream<S, Bytes>,
-    n: u64,
-    head: bool,
-) -> anyhow::Result<()> {
-    let response = http::Response::builder()
-        .status(200)
-        .header("content-length", n)
-        .header("content-type", "application/octet-stream")
-        .body(())?;
-    stream.send_response(response).await?;
-    let n = if head { 0 } else { n };
-    // Made once per process: a request costs no generation, only refcounts.
-    static PATTERN: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
-    let chunk = PATTERN.get_or_init(|| (0..CHUNK).map(|i| (i % 251) as u8).collect());
-    let mut left = n;
-    while left > 0 {
-        let len = left.min(CHUNK as u64) as usize;
-        stream.send_data(chunk.slice(..len)).await?;
-        left -= len as u64;
-    }
-    stream.finish().await?;
-    Ok(())
-}
-
-async fn send_file<S: SendStream<Bytes> + RecvStream>(
-    stream: &mut RequestStream<S, Bytes>,
-    mut file: tokio::fs::File,
-    content_type: &str,
-    head: bool,
-) -> anyhow::Result<()> {
-    let len = file.metadata().await?.len();
-    let response = http::Response::builder()
-        .status(200)
-        .header("content-length", len)
-        .header("content-type", content_type)
-        .body(())?;
-    stream.send_response(response).await?;
-    if head {
-        return Ok(stream.finish().await?);
-    }
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        stream.send_data(Bytes::copy_from_slice(&buf[..n])).await?;
-    }
-    stream.finish().await?;
-    Ok(())
 }

@@ -343,3 +343,203 @@ fn metrics_key_log_and_qlog_follow_the_connections() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A response as the tests compare them: status, the headers that matter
+/// here, and the body.
+#[derive(Debug, PartialEq)]
+struct Fetched {
+    status: u16,
+    headers: std::collections::BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+const COMPARED: [&str; 7] = [
+    "content-type",
+    "content-length",
+    "content-range",
+    "etag",
+    "last-modified",
+    "accept-ranges",
+    "alt-svc",
+];
+
+async fn fetch_h3(
+    sender: &mut h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Fetched {
+    use bytes::Buf;
+    let mut request = http::Request::get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut stream = sender
+        .send_request(request.body(()).unwrap())
+        .await
+        .unwrap();
+    stream.finish().await.unwrap();
+    let response = stream.recv_response().await.unwrap();
+    let mut body = Vec::new();
+    while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+        body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    Fetched {
+        status: response.status().as_u16(),
+        headers: COMPARED
+            .iter()
+            .filter_map(|h| {
+                Some((
+                    h.to_string(),
+                    response.headers().get(*h)?.to_str().ok()?.to_string(),
+                ))
+            })
+            .collect(),
+        body,
+    }
+}
+
+/// The same request through the curl binary over TCP (HTTP/1.1 or 2).
+fn fetch_tcp(version: &str, url: &str, ca: &std::path::Path, headers: &[(&str, &str)]) -> Fetched {
+    let dir =
+        std::env::temp_dir().join(format!("qx-curl-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut command = Command::new("curl");
+    command
+        .args(["-s", version, "--cacert"])
+        .arg(ca)
+        .arg("-D")
+        .arg(dir.join("head"))
+        .arg("-o")
+        .arg(dir.join("body"));
+    for (name, value) in headers {
+        command.args(["-H", &format!("{name}: {value}")]);
+    }
+    let status = command.arg(url).status().expect("curl must be installed");
+    assert!(status.success(), "curl {url}");
+    let head = std::fs::read_to_string(dir.join("head")).unwrap();
+    let body = std::fs::read(dir.join("body")).unwrap_or_default();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .filter(|(k, _)| COMPARED.contains(&k.as_str()))
+        .collect();
+    Fetched {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// `--tcp`: the site over HTTP/1.1 and HTTP/2 (curl) answers exactly as
+/// over HTTP/3 (h3 + quinn): status, validators, ranges, bodies, and
+/// Alt-Svc naming the HTTP/3 port on both.
+#[test]
+fn tcp_and_http3_serve_identically_with_validators_and_ranges() {
+    let dir = std::env::temp_dir().join(format!("qx-h3tcp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let page: Vec<u8> = (0..5000u32).map(|i| (i % 97) as u8 + b' ').collect();
+    std::fs::write(dir.join("page.txt"), &page).unwrap();
+    let port = 50_000 + (std::process::id() % 1000) as u16;
+    let server = start_server_with(port, &dir, &["--tcp"]);
+    let ca = dir.join("ca.pem");
+    let base = format!("https://127.0.0.1:{port}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (mut sender, _client) = runtime.block_on(async {
+        let client = quinn_client(&ca);
+        let conn = client
+            .connect(format!("127.0.0.1:{port}").parse().unwrap(), "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(conn))
+            .await
+            .unwrap();
+        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        (sender, client)
+    });
+    let full = fetch_tcp("--http2", &format!("{base}/page.txt"), &ca, &[]);
+    let etag = full.headers["etag"].clone();
+    // (URL, request headers, status)
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, u16);
+    let cases: Vec<Case> = vec![
+        (format!("{base}/page.txt"), vec![], 200),
+        (
+            format!("{base}/page.txt"),
+            vec![("if-none-match", &etag)],
+            304,
+        ),
+        (
+            format!("{base}/page.txt"),
+            vec![("range", "bytes=100-199")],
+            206,
+        ),
+        (
+            format!("{base}/page.txt"),
+            vec![("range", "bytes=-10")],
+            206,
+        ),
+        (
+            format!("{base}/page.txt"),
+            vec![("range", "bytes=6000-")],
+            416,
+        ),
+        (
+            format!("{base}/page.txt"),
+            vec![("range", "bytes=0-9"), ("if-range", "\"stale\"")],
+            200,
+        ),
+        (
+            format!("{base}/bytes/70000"),
+            vec![("range", "bytes=65530-65545")],
+            206,
+        ),
+        (format!("{base}/missing"), vec![], 404),
+    ];
+    for (url, headers, status) in &cases {
+        let h3 = runtime.block_on(fetch_h3(&mut sender, url, headers));
+        assert_eq!(h3.status, *status, "{url} {headers:?} over HTTP/3: {h3:?}");
+        assert_eq!(
+            h3.headers["alt-svc"],
+            format!("h3=\":{port}\"; ma=86400"),
+            "{url}"
+        );
+        for version in ["--http1.1", "--http2"] {
+            let tcp = fetch_tcp(version, url, &ca, headers);
+            assert_eq!(tcp, h3, "{url} {headers:?}: {version} differs from HTTP/3");
+        }
+    }
+    let ranged = runtime.block_on(fetch_h3(
+        &mut sender,
+        &format!("{base}/page.txt"),
+        &[("range", "bytes=100-199")],
+    ));
+    assert_eq!(ranged.body, page[100..200]);
+    assert_eq!(ranged.headers["content-range"], "bytes 100-199/5000");
+    let generated = runtime.block_on(fetch_h3(
+        &mut sender,
+        &format!("{base}/bytes/70000"),
+        &[("range", "bytes=65530-65545")],
+    ));
+    let want: Vec<u8> = (65530..=65545u64)
+        .map(|p| ((p % 65536) % 251) as u8)
+        .collect();
+    assert_eq!(generated.body, want);
+    drop(server);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -228,12 +228,7 @@ async fn h3_quinn_requests_over_xdp_on_both_ends() {
         assert_eq!(response.status(), 200);
         let mut body = Vec::new();
         while let Some(mut chunk) = stream.recv_data().await.unwrap() {
-            while chunk.has_remaining() {
-                let c = chunk.chunk();
-                body.extend_from_slice(c);
-                let len = c.len();
-                chunk.advance(len);
-            }
+            body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
         }
         assert!(body == pattern(n), "body of {n} bytes differs");
     }
