@@ -67,8 +67,9 @@ fn start_server_with(net: &TestNet, name: &str, extra: &[&str]) -> Server {
         .arg("--ca-out")
         .arg(dir.join("ca.pem"))
         .args(extra)
+        .env("RUST_LOG", "info,h3_server=debug,quic_xdp=debug")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create("/tmp/qx-server.log").unwrap())
         .spawn()
         .unwrap();
     let (lines, rest) = until_listening(child.stdout.take().unwrap());
@@ -615,6 +616,50 @@ const PAGE: &[(&str, &str)] = &[
     ),
 ];
 
+/// Debian's Chromium, headless in the client namespace (quic-xdp.test
+/// resolving to the server, the leaf's SPKI pinned), with `flags`, on
+/// `url`; what it printed.
+fn chromium(net: &TestNet, spki: &str, profile: &Path, flags: &[&str], url: &str) -> String {
+    let output = net
+        .client
+        .command("timeout")
+        .args([
+            "60",
+            "chromium",
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+        ])
+        .args([
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-quic",
+            "--host-resolver-rules=MAP quic-xdp.test 10.77.0.2",
+            "--window-size=640,480",
+        ])
+        .arg(format!("--ignore-certificate-errors-spki-list={spki}"))
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(flags)
+        .arg(url)
+        .output()
+        .expect("chromium (Debian package chromium) must be installed");
+    assert!(
+        output.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Base64 SHA-256 of the leaf's SPKI: what Chromium pins.
+fn spki_pin(certs: &certs::DevCerts) -> String {
+    use base64::Engine;
+    let digest = ring::digest::digest(&ring::digest::SHA256, &certs.leaf_spki_der());
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+}
+
 /// Debian's Chromium, headless in the client namespace, with QUIC forced
 /// for the origin: the page and its subresources load over HTTP/3 from
 /// h3-server over XDP; the DOM shows the script ran with the image and
@@ -644,47 +689,22 @@ fn chromium_loads_a_page_with_subresources_over_http3() {
     for (name, body) in PAGE {
         std::fs::write(root.join(name), body).unwrap();
     }
-    let spki = {
-        use base64::Engine;
-        let digest = ring::digest::digest(&ring::digest::SHA256, &certs.leaf_spki_der());
-        base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
-    };
+    let spki = spki_pin(&certs);
     let profile = server.dir.join("chromium-profile");
     let shot = server.dir.join("shot.png");
     let chromium = |mode: &[&str]| {
-        let output = net
-            .client
-            .command("timeout")
-            .args([
-                "60",
-                "chromium",
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-            ])
-            .args([
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--enable-quic",
-                "--origin-to-force-quic-on=quic-xdp.test:4433",
-                "--host-resolver-rules=MAP quic-xdp.test 10.77.0.2",
-                "--window-size=640,480",
-                "--virtual-time-budget=10000",
-            ])
-            .arg(format!("--ignore-certificate-errors-spki-list={spki}"))
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .args(mode)
-            .arg("https://quic-xdp.test:4433/index.html")
-            .output()
-            .expect("chromium (Debian package chromium) must be installed");
-        assert!(
-            output.status.success(),
-            "chromium: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        let mut flags = vec![
+            "--origin-to-force-quic-on=quic-xdp.test:4433",
+            "--virtual-time-budget=10000",
+        ];
+        flags.extend_from_slice(mode);
+        chromium(
+            &net,
+            &spki,
+            &profile,
+            &flags,
+            "https://quic-xdp.test:4433/index.html",
+        )
     };
 
     let dom = chromium(&["--dump-dom"]);
