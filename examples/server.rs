@@ -65,6 +65,17 @@ pub struct ServerArgs {
     /// flight, for HTTP/3).
     #[arg(long, default_value_t = quic_xdp::DEFAULT_MAX_CONCURRENT_STREAMS)]
     pub max_streams: u32,
+    /// Bytes one connection may have received that the server has not
+    /// read yet (connection flow control).
+    #[arg(long, value_name = "BYTES", default_value_t = quic_xdp::DEFAULT_RECEIVE_WINDOW)]
+    pub receive_window: u64,
+    /// The same per stream.
+    #[arg(long, value_name = "BYTES", default_value_t = quic_xdp::DEFAULT_STREAM_RECEIVE_WINDOW)]
+    pub stream_receive_window: u64,
+    /// Bytes written on one connection and not yet acknowledged; writes
+    /// wait beyond it.
+    #[arg(long, value_name = "BYTES", default_value_t = quic_xdp::DEFAULT_SEND_WINDOW)]
+    pub send_window: u64,
     /// On SIGINT/SIGTERM: refuse new connections and let the open ones
     /// finish (HTTP/3: GOAWAY) for up to this many seconds, then close
     /// them. A second signal closes them at once.
@@ -154,7 +165,10 @@ impl ServerArgs {
             .crypto_provider(self.crypto_provider())
             .max_connections(self.max_connections)
             .idle_timeout(seconds("--idle-timeout", self.idle_timeout)?)
-            .max_concurrent_streams(self.max_streams);
+            .max_concurrent_streams(self.max_streams)
+            .receive_window(self.receive_window)
+            .stream_receive_window(self.stream_receive_window)
+            .send_window(self.send_window);
         if let Some(interface) = &self.interface {
             builder = builder.interface(interface);
         }

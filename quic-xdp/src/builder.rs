@@ -20,6 +20,12 @@ use crate::{Endpoint, Error, cid::CidScheme, core::Admission};
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Streams per direction a client may have open at once, unless configured.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Unread received bytes one connection may cause, unless configured.
+pub const DEFAULT_RECEIVE_WINDOW: u64 = 8 << 20;
+/// Unread received bytes per stream, unless configured.
+pub const DEFAULT_STREAM_RECEIVE_WINDOW: u64 = 1 << 20;
+/// Written, unacknowledged bytes per connection, unless configured.
+pub const DEFAULT_SEND_WINDOW: u64 = 8 << 20;
 
 /// When new connections must first prove their address with a Retry
 /// round trip (costs the client one RTT, protects against spoofed floods).
@@ -57,8 +63,7 @@ pub struct EndpointBuilder {
     alpn: Vec<Vec<u8>>,
     crypto: Option<Arc<rustls::crypto::CryptoProvider>>,
     transport: Option<Arc<TransportConfig>>,
-    idle_timeout: Duration,
-    max_concurrent_streams: u32,
+    limits: TransportLimits,
     server_config: Option<ServerConfig>,
     max_connections: usize,
     retry: RetryPolicy,
@@ -79,8 +84,7 @@ impl EndpointBuilder {
             alpn: Vec::new(),
             crypto: None,
             transport: None,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            limits: TransportLimits::default(),
             server_config: None,
             max_connections: 10_000,
             retry: RetryPolicy::WhenBusy { unvalidated: 256 },
@@ -147,19 +151,40 @@ impl EndpointBuilder {
     /// closed (QUIC max_idle_timeout; the lower of both sides' values
     /// applies). Default 30 s.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_timeout = timeout;
+        self.limits.idle_timeout = timeout;
         self
     }
 
     /// Streams a client may have open at once on one connection, per
     /// direction (for HTTP/3: requests in flight). Default 100.
     pub fn max_concurrent_streams(mut self, n: u32) -> Self {
-        self.max_concurrent_streams = n;
+        self.limits.max_concurrent_streams = n;
         self
     }
 
-    /// Every transport setting at once; `idle_timeout` and
-    /// `max_concurrent_streams` are then ignored.
+    /// Bytes a peer may send on one connection that the application has
+    /// not read yet (QUIC connection flow control): what one connection can
+    /// make the endpoint buffer on receive. Default 8 MiB.
+    pub fn receive_window(mut self, bytes: u64) -> Self {
+        self.limits.receive_window = bytes;
+        self
+    }
+
+    /// The same per stream. Default 1 MiB.
+    pub fn stream_receive_window(mut self, bytes: u64) -> Self {
+        self.limits.stream_receive_window = bytes;
+        self
+    }
+
+    /// Bytes the application may have written on one connection that the
+    /// peer has not acknowledged yet; writes wait beyond it. Default 8 MiB.
+    pub fn send_window(mut self, bytes: u64) -> Self {
+        self.limits.send_window = bytes;
+        self
+    }
+
+    /// Every transport setting at once; `idle_timeout`,
+    /// `max_concurrent_streams` and the windows are then ignored.
     pub fn transport_config(mut self, config: TransportConfig) -> Self {
         self.transport = Some(Arc::new(config));
         self
@@ -236,9 +261,9 @@ impl EndpointBuilder {
         let mut admission = self.admission();
         #[cfg(feature = "qlog")]
         if let Some(dir) = self.qlog_dir.take() {
-            let (idle, streams) = (self.idle_timeout, self.max_concurrent_streams);
+            let limits = self.limits;
             // Validated when the shared configuration was built.
-            let transport = move || transport_settings(idle, streams).expect("valid settings");
+            let transport = move || limits.config().expect("valid settings");
             admission.qlog = Some(Arc::new(crate::qlog::QlogWriter::new(
                 dir,
                 quic.server.clone(),
@@ -286,10 +311,7 @@ impl EndpointBuilder {
                 let mut config = ServerConfig::with_crypto(Arc::new(crypto));
                 let transport = match self.transport.take() {
                     Some(t) => t,
-                    None => Arc::new(transport_settings(
-                        self.idle_timeout,
-                        self.max_concurrent_streams,
-                    )?),
+                    None => Arc::new(self.limits.config()?),
                 };
                 config.transport_config(transport);
                 (config, dev_ca)
@@ -313,16 +335,46 @@ impl EndpointBuilder {
     }
 }
 
-/// The transport configuration the builder's settings describe.
-fn transport_settings(idle_timeout: Duration, streams: u32) -> Result<TransportConfig, Error> {
-    let idle = quinn_proto::IdleTimeout::try_from(idle_timeout)
-        .map_err(|_| Error::Config(format!("idle timeout {idle_timeout:?} too large")))?;
-    let streams = VarInt::from_u32(streams);
-    let mut t = TransportConfig::default();
-    t.max_idle_timeout(Some(idle))
-        .max_concurrent_bidi_streams(streams)
-        .max_concurrent_uni_streams(streams);
-    Ok(t)
+/// The transport settings the builder exposes, with their defaults.
+#[derive(Clone, Copy, Debug)]
+struct TransportLimits {
+    idle_timeout: Duration,
+    max_concurrent_streams: u32,
+    receive_window: u64,
+    stream_receive_window: u64,
+    send_window: u64,
+}
+
+impl Default for TransportLimits {
+    fn default() -> Self {
+        Self {
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            receive_window: DEFAULT_RECEIVE_WINDOW,
+            stream_receive_window: DEFAULT_STREAM_RECEIVE_WINDOW,
+            send_window: DEFAULT_SEND_WINDOW,
+        }
+    }
+}
+
+impl TransportLimits {
+    fn config(&self) -> Result<TransportConfig, Error> {
+        let idle = quinn_proto::IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
+            Error::Config(format!("idle timeout {:?} too large", self.idle_timeout))
+        })?;
+        let window = |name: &str, bytes: u64| {
+            VarInt::from_u64(bytes).map_err(|_| Error::Config(format!("{name} {bytes} too large")))
+        };
+        let streams = VarInt::from_u32(self.max_concurrent_streams);
+        let mut t = TransportConfig::default();
+        t.max_idle_timeout(Some(idle))
+            .max_concurrent_bidi_streams(streams)
+            .max_concurrent_uni_streams(streams)
+            .receive_window(window("receive window", self.receive_window)?)
+            .stream_receive_window(window("stream receive window", self.stream_receive_window)?)
+            .send_window(self.send_window);
+        Ok(t)
+    }
 }
 
 /// Server configuration, identity and keys, shared by every engine.

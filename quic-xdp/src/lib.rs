@@ -44,7 +44,8 @@ mod shared;
 mod streams;
 
 pub use builder::{
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS, EndpointBuilder, RetryPolicy,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_RECEIVE_WINDOW,
+    DEFAULT_SEND_WINDOW, DEFAULT_STREAM_RECEIVE_WINDOW, EndpointBuilder, RetryPolicy,
 };
 pub use connection::{Connecting, Connection, Incoming, SendDatagramError};
 pub use datapath::{ActiveMode, Mode};
