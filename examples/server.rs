@@ -89,6 +89,10 @@ pub struct ServerArgs {
     /// program, which nftables rules for the port no longer reach.
     #[arg(long, value_name = "PREFIX")]
     pub deny: Vec<quic_xdp::datapath::source_policy::IpNet>,
+    /// Write every datagram the endpoint receives and sends to this pcap
+    /// file (steered traffic never reaches tcpdump). Flushed at exit.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
     /// Write a qlog trace of each connection into this directory (one
     /// file per connection; with --user, writable by that user).
     #[arg(long, value_name = "DIR")]
@@ -180,6 +184,8 @@ impl ServerArgs {
                 .with_context(|| format!("creating the qlog directory {}", dir.display()))?;
             builder = builder.qlog_dir(dir);
         }
+        let capture = self.pcap.clone();
+        builder = builder.datapath(move |c| c.capture = capture);
         let policy = quic_xdp::datapath::SourcePolicy::new(self.allow.clone(), self.deny.clone())?;
         builder = builder.datapath(move |c| c.source_policy = policy);
         if let Some(per_second) = self.initial_rate {

@@ -76,6 +76,9 @@ pub struct DatapathConfig {
     /// Sources allowed or denied the port. Enforced in the XDP program
     /// (nftables never sees steered traffic) and on the kernel sockets.
     pub source_policy: SourcePolicy,
+    /// Write every datagram received and sent to this pcap file (tcpdump
+    /// does not see steered traffic).
+    pub capture: Option<std::path::PathBuf>,
 }
 
 impl DatapathConfig {
@@ -94,6 +97,7 @@ impl DatapathConfig {
             checksum: ChecksumPolicy::Verify,
             initial_rate: None,
             source_policy: SourcePolicy::default(),
+            capture: None,
         }
     }
 
@@ -200,7 +204,9 @@ impl Datapath {
             .map(InterfaceInfo::lookup)
             .transpose()?
             .map_or(1500, |i| i.mtu);
-        let queue = UdpQueue::bind(config.listen, mtu)?.with_source_policy(&config.source_policy);
+        let queue = UdpQueue::bind(config.listen, mtu)?
+            .with_source_policy(&config.source_policy)
+            .with_capture(open_capture(config)?);
         let local = queue.local_addr();
         Ok(Self {
             queues: vec![Box::new(queue)],
@@ -234,8 +240,10 @@ impl Datapath {
         // Reserve the port first: a port in use fails before any BPF work,
         // and from here on nothing that escapes steering is lost. Port 0
         // takes a free port (a client's, say), which is then steered.
+        let capture = open_capture(config)?;
         let reservation = UdpQueue::bind_reservation(config.listen, info.mtu)?
-            .with_source_policy(&config.source_policy);
+            .with_source_policy(&config.source_policy)
+            .with_capture(capture.clone());
         let listen = SocketAddr::new(config.listen.ip(), reservation.local_addr().port());
         let queue_ids: Vec<u32> = match &config.queues {
             Some(q) => q.clone(),
@@ -277,6 +285,7 @@ impl Datapath {
             checksum: config.checksum,
             port: listen.port(),
             default_src: Some(listen.ip().to_canonical()).filter(|ip| !ip.is_unspecified()),
+            capture,
         };
         let mut queues: Vec<Box<dyn PacketIo>> = Vec::new();
         let mut all_zero_copy = true;
@@ -404,6 +413,20 @@ impl Datapath {
         }
         total
     }
+}
+
+/// The capture file `config` asks for, created now (before any privilege
+/// drop).
+fn open_capture(config: &DatapathConfig) -> Result<Option<Arc<crate::capture::Capture>>> {
+    config
+        .capture
+        .as_deref()
+        .map(|path| {
+            crate::capture::Capture::create(path).map_err(|e| {
+                Error::Config(format!("cannot write the capture {}: {e}", path.display()))
+            })
+        })
+        .transpose()
 }
 
 impl fmt::Debug for Datapath {

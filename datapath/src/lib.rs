@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 pub mod addresses;
+pub mod capture;
 pub mod datapath;
 pub mod echo;
 pub mod error;

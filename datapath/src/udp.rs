@@ -49,6 +49,8 @@ pub struct UdpQueue {
     /// None when the policy admits every source (the common case: no
     /// lookup per datagram).
     policy: Option<Arc<SourcePolicy>>,
+    /// Where datagrams are also written (pcap), if asked.
+    capture: Option<Arc<crate::capture::Capture>>,
 }
 
 impl UdpQueue {
@@ -99,7 +101,14 @@ impl UdpQueue {
             bufs: vec![vec![0; RECV_BUF_LEN]; BATCH_SIZE],
             metas: vec![RecvMeta::default(); BATCH_SIZE],
             policy: None,
+            capture: None,
         })
+    }
+
+    /// Writes every datagram received and sent to `capture` too.
+    pub fn with_capture(mut self, capture: Option<Arc<crate::capture::Capture>>) -> Self {
+        self.capture = capture;
+        self
     }
 
     /// Drops (and counts in `rx_source_denied`) datagrams from sources
@@ -126,6 +135,7 @@ impl UdpQueue {
             bufs: Vec::new(),
             metas: Vec::new(),
             policy: None,
+            capture: self.capture.clone(),
         })
     }
 
@@ -208,6 +218,9 @@ impl PacketIo for UdpQueue {
                 if miss {
                     QueueCounters::add(&self.counters.steering_misses, 1);
                 }
+                if let Some(capture) = &self.capture {
+                    capture.datagram(rx.remote, rx.local, rx.ecn, datagram);
+                }
                 on_datagram(&rx, datagram);
                 delivered += 1;
             }
@@ -254,6 +267,14 @@ impl PacketIo for UdpQueue {
             Ok(()) => {
                 QueueCounters::add(&self.counters.tx_packets, count);
                 QueueCounters::add(&self.counters.tx_bytes, t.contents.len() as u64);
+                if let Some(capture) = &self.capture {
+                    // The kernel picks the source address when none is set.
+                    let src =
+                        SocketAddr::new(t.src_ip.unwrap_or(self.local.ip()), self.local.port());
+                    for segment in segments(t) {
+                        capture.datagram(src, t.destination, t.ecn, segment);
+                    }
+                }
                 Ok(())
             }
             Err(e) => {

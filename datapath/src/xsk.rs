@@ -77,6 +77,8 @@ pub struct XskSettings {
     pub port: u16,
     /// Answer from this address when a transmit names none.
     pub default_src: Option<IpAddr>,
+    /// Where received and sent frames are also written (pcap), if asked.
+    pub capture: Option<Arc<crate::capture::Capture>>,
 }
 
 /// Where each frame of the UMEM is, at one moment.
@@ -410,6 +412,9 @@ impl PacketIo for XskQueue {
             // SAFETY: the kernel handed this frame over; it is not reused
             // until we put it back on the fill ring below.
             let frame = unsafe { self.umem.data(desc) };
+            if let Some(capture) = &self.settings.capture {
+                capture.frame(frame.contents());
+            }
             match wire::parse_udp_frame(frame.contents(), self.settings.checksum) {
                 Ok(d) => {
                     // Nothing of the frame (its MACs, its VLAN) decides
@@ -506,6 +511,9 @@ impl PacketIo for XskQueue {
             cursor.set_pos(0);
             cursor.write_all(&header[..len])?;
             cursor.write_all(payload)?;
+            if let Some(capture) = &self.settings.capture {
+                capture.frame_parts(&header[..len], payload);
+            }
         }
         // SAFETY: the frames were written above; the ring has room for all.
         let produced = unsafe { self.tx.produce(&self.tx_free[first..]) };

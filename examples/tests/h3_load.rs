@@ -259,8 +259,8 @@ fn scrape(addr: &str) -> String {
 
 /// `--metrics`: the endpoint's counters and histograms in the Prometheus
 /// (OpenMetrics) text format over HTTP, and they move under load; and
-/// SSLKEYLOGFILE gets each connection's TLS secrets (for Wireshark) and
-/// `--qlog` a trace per connection.
+/// SSLKEYLOGFILE gets each connection's TLS secrets (for Wireshark),
+/// `--qlog` a trace per connection and `--pcap` the datagrams.
 #[test]
 fn metrics_key_log_and_qlog_follow_the_connections() {
     let dir = std::env::temp_dir().join(format!("qx-h3metrics-{}", std::process::id()));
@@ -271,7 +271,14 @@ fn metrics_key_log_and_qlog_follow_the_connections() {
     let server = start_server_with(
         port,
         &dir,
-        &["--metrics", "127.0.0.1:0", "--qlog", qlog.to_str().unwrap()],
+        &[
+            "--metrics",
+            "127.0.0.1:0",
+            "--qlog",
+            qlog.to_str().unwrap(),
+            "--pcap",
+            dir.join("capture.pcap").to_str().unwrap(),
+        ],
     );
     let addr = server
         .1
@@ -335,6 +342,26 @@ fn metrics_key_log_and_qlog_follow_the_connections() {
         .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
         .collect();
     assert_eq!(traces.len(), 2, "one trace per connection");
+    // --pcap on the kernel-socket path: the datagrams with made-up
+    // Ethernet/IP/UDP headers, both ways.
+    let capture = std::fs::File::open(dir.join("capture.pcap")).unwrap();
+    let mut capture = pcap_file::pcap::PcapReader::new(capture).unwrap();
+    let (mut to_server, mut from_server) = (0, 0);
+    while let Some(packet) = capture.next_packet() {
+        let packet = packet.unwrap();
+        let d =
+            datapath::wire::parse_udp_frame(&packet.data, datapath::wire::ChecksumPolicy::Verify)
+                .expect("a well-formed UDP frame");
+        if d.dst.port() == port {
+            to_server += 1;
+        } else if d.src.port() == port {
+            from_server += 1;
+        }
+    }
+    assert!(
+        to_server >= 50 && from_server >= 20,
+        "{to_server} in, {from_server} out"
+    );
     for trace in traces {
         let header = trace.lines().next().unwrap();
         assert!(header.contains(r#""qlog_format":"JSON-SEQ""#), "{header}");

@@ -781,3 +781,53 @@ fn h3_load_over_xdp_against_h3_server_over_xdp() {
     assert_eq!(summary["requests_ok"], 400, "{summary}");
     assert_eq!(summary["errors"], serde_json::json!({}), "{summary}");
 }
+
+/// `--pcap`: what tcpdump cannot see. h3-server over XDP writes every
+/// datagram it receives and sends; after a download and a graceful stop
+/// the file holds well-formed Ethernet/IP/UDP frames both ways, with the
+/// client's and the server's addresses and the QUIC port.
+#[test]
+fn h3_server_captures_its_traffic_to_pcap() {
+    if !privileged() {
+        return;
+    }
+    let net = TestNet::create(&TestNetConfig::default()).unwrap();
+    let pcap = std::env::temp_dir().join(format!("qx-capture-{}.pcap", std::process::id()));
+    let mut server = start_server_with(&net, "pcap", &["--pcap", pcap.to_str().unwrap()]);
+    let report = curl(&net, &server, &["GET:/big.bin".into()]);
+    assert_eq!(report["responses"][0]["status"], 200, "{report}");
+    let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(server.child.wait().unwrap().success());
+
+    let file = std::fs::File::open(&pcap).unwrap();
+    let mut reader = pcap_file::pcap::PcapReader::new(file).unwrap();
+    assert_eq!(reader.header().datalink, pcap_file::DataLink::ETHERNET);
+    let (client, server_ip) = (
+        std::net::IpAddr::from(TestNet::CLIENT_V4),
+        std::net::IpAddr::from(TestNet::SERVER_V4),
+    );
+    let (mut received, mut sent, mut sent_bytes) = (0, 0, 0);
+    while let Some(packet) = reader.next_packet() {
+        let packet = packet.unwrap();
+        let d =
+            datapath::wire::parse_udp_frame(&packet.data, datapath::wire::ChecksumPolicy::Verify)
+                .expect("a well-formed UDP frame");
+        if d.dst.port() == 4433 {
+            assert_eq!((d.src.ip(), d.dst.ip()), (client, server_ip));
+            received += 1;
+        } else {
+            assert_eq!(d.src.port(), 4433);
+            assert_eq!((d.src.ip(), d.dst.ip()), (server_ip, client));
+            sent += 1;
+            sent_bytes += d.payload.len();
+        }
+    }
+    assert!(received > 10, "{received} frames received");
+    // The 3 MB file went out in the captured frames.
+    assert!(
+        sent_bytes > 3_000_000,
+        "{sent} frames, {sent_bytes} bytes sent"
+    );
+    std::fs::remove_file(pcap).unwrap();
+}

@@ -1,0 +1,118 @@
+//! `DatapathConfig::capture`: every datagram the endpoint receives and
+//! sends, written to a pcap file, since steered traffic never reaches
+//! tcpdump. AF_XDP frames are written as they are on the wire; datagrams
+//! of the kernel sockets (UDP mode, what escapes steering) get Ethernet,
+//! IP and UDP headers made up for them (MAC addresses zero), so one file
+//! holds all of the endpoint's traffic.
+
+use std::{
+    fmt,
+    fs::File,
+    io::{self, BufWriter},
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex, PoisonError},
+    time::SystemTime,
+};
+
+use pcap_file::{
+    DataLink,
+    pcap::{PcapHeader, PcapPacket, PcapWriter},
+};
+use smoltcp::wire::EthernetAddress;
+
+use crate::{
+    io::EcnCodepoint,
+    wire::{FrameRoute, MAX_HEADER_LEN, emit_udp_headers},
+};
+
+/// A pcap file the queues write to (shared by every queue).
+pub struct Capture {
+    /// None once a write failed: capture stops, the endpoint goes on.
+    writer: Mutex<Option<PcapWriter<BufWriter<File>>>>,
+}
+
+impl fmt::Debug for Capture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Capture").finish_non_exhaustive()
+    }
+}
+
+impl Capture {
+    /// Creates (truncates) `path` and writes the pcap header (Ethernet).
+    pub fn create(path: &Path) -> io::Result<Arc<Self>> {
+        let file = BufWriter::new(File::create(path)?);
+        let header = PcapHeader {
+            datalink: DataLink::ETHERNET,
+            ..PcapHeader::default()
+        };
+        let writer = PcapWriter::with_header(file, header).map_err(io::Error::other)?;
+        Ok(Arc::new(Self {
+            writer: Mutex::new(Some(writer)),
+        }))
+    }
+
+    /// A frame as it is on the wire.
+    pub fn frame(&self, frame: &[u8]) {
+        self.write(&[frame]);
+    }
+
+    /// A frame in two parts (headers, then payload).
+    pub fn frame_parts(&self, header: &[u8], payload: &[u8]) {
+        self.write(&[header, payload]);
+    }
+
+    /// A datagram of a kernel socket, with made-up link-layer headers.
+    pub fn datagram(
+        &self,
+        src: SocketAddr,
+        dst: SocketAddr,
+        ecn: Option<EcnCodepoint>,
+        payload: &[u8],
+    ) {
+        let route = FrameRoute {
+            src_mac: EthernetAddress([0; 6]),
+            dst_mac: EthernetAddress([0; 6]),
+            vlan: None,
+        };
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+        let (src, dst) = (canonical(src), canonical(dst));
+        if src.is_ipv4() != dst.is_ipv4() {
+            return;
+        }
+        let len = emit_udp_headers(&mut header, &route, src, dst, ecn, payload);
+        self.write(&[&header[..len], payload]);
+    }
+
+    fn write(&self, parts: &[&[u8]]) {
+        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(w) = writer.as_mut() else {
+            return;
+        };
+        let data: Vec<u8> = parts.concat();
+        let since_epoch = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let packet = PcapPacket::new(since_epoch, data.len() as u32, &data);
+        if let Err(e) = w.write_packet(&packet) {
+            tracing::warn!(error = %e, "pcap capture stopped");
+            *writer = None;
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let writer = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(w) = writer.take() {
+            let mut file = w.into_writer();
+            if let Err(e) = io::Write::flush(&mut file) {
+                tracing::warn!(error = %e, "flushing the pcap capture");
+            }
+        }
+    }
+}
