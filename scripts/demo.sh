@@ -77,4 +77,4 @@ kill -INT "$server_pid"
 wait "$server_pid" || true
 server_pid=
 echo "== server"
-grep -vE '^(mode|listening|dev CA)| (INFO|WARN) ' "$work/server.log"
+grep -vE '^(mode|listening|no --cert)| (INFO|WARN) ' "$work/server.log"
