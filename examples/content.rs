@@ -113,6 +113,16 @@ impl Content {
     }
 
     fn reply_inner(&self, method: &Method, path: &str, headers: &HeaderMap) -> Reply {
+        // Range requests are defined for GET only (RFC 9110 14.2).
+        let without_range;
+        let headers = if *method == Method::HEAD && headers.contains_key(header::RANGE) {
+            let mut h = headers.clone();
+            h.remove(header::RANGE);
+            without_range = h;
+            &without_range
+        } else {
+            headers
+        };
         if *method != Method::GET && *method != Method::HEAD {
             let mut reply = status(StatusCode::METHOD_NOT_ALLOWED);
             reply
@@ -246,13 +256,29 @@ fn requested_range(headers: &HeaderMap, len: u64, validators: &Validators) -> Re
     {
         return Requested::Whole;
     }
-    match http_range_header::parse_range_header(range).map(|r| r.validate(len)) {
-        Ok(Ok(ranges)) if ranges.len() == 1 => Requested::One(ranges[0].clone()),
-        Ok(Ok(_)) => Requested::Whole,
-        Ok(Err(_)) => Requested::Unsatisfiable,
-        // Not a bytes range we understand: ignored (RFC 9110 14.2).
-        Err(_) => Requested::Whole,
+    // Not a bytes range we understand: ignored (RFC 9110 14.2). Several
+    // ranges get the whole body, before any work on them.
+    let Ok(parsed) = http_range_header::parse_range_header(range) else {
+        return Requested::Whole;
+    };
+    let [one] = parsed.ranges.as_slice() else {
+        return Requested::Whole;
+    };
+    if len == 0 {
+        return Requested::Unsatisfiable;
     }
+    use http_range_header::{EndPosition, StartPosition};
+    let (start, end) = match (&one.start, &one.end) {
+        (StartPosition::Index(start), EndPosition::Index(end)) => (*start, (*end).min(len - 1)),
+        (StartPosition::Index(start), EndPosition::LastByte) => (*start, len - 1),
+        // A suffix longer than the body is the whole body (14.1.3).
+        (StartPosition::FromLast(n), EndPosition::LastByte) => (len.saturating_sub(*n), len - 1),
+        _ => return Requested::Whole,
+    };
+    if start > end || start >= len {
+        return Requested::Unsatisfiable;
+    }
+    Requested::One(start..=end)
 }
 
 /// A file's ETag (size and modification time) and Last-Modified.

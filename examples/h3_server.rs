@@ -90,7 +90,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(bound.identity.certs.clone(), bound.identity.key.clone_key())?;
-        tcp::serve(listener, tls, content.clone(), tcp_counters.clone())?;
+        let limits = tcp::TcpLimits {
+            max_connections: args.server.max_connections,
+            policy: quic_xdp::datapath::SourcePolicy::new(
+                args.server.allow.clone(),
+                args.server.deny.clone(),
+            )?,
+        };
+        tcp::serve(listener, tls, content.clone(), limits, tcp_counters.clone())?;
         println!("also serving HTTP/1.1 and HTTP/2 on TCP {addr}");
     }
     let site = site::Site {
@@ -112,9 +119,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.tcp {
         let c = &tcp_counters;
         println!(
-            "tcp: connections {} requests {}",
+            "tcp: connections {} requests {} refused {}",
             c.connections.load(std::sync::atomic::Ordering::Relaxed),
-            c.requests.load(std::sync::atomic::Ordering::Relaxed)
+            c.requests.load(std::sync::atomic::Ordering::Relaxed),
+            c.refused.load(std::sync::atomic::Ordering::Relaxed)
         );
     }
     Ok(())

@@ -40,10 +40,24 @@ impl fmt::Debug for Capture {
 
 impl Capture {
     /// Creates (truncates) `path` and writes the pcap header (Ethernet).
+    /// Not through a symbolic link, and readable by the owner only: it
+    /// holds whatever peers send. Nothing bounds its size: capture is for
+    /// debugging.
     pub fn create(path: &Path) -> io::Result<Arc<Self>> {
-        let file = BufWriter::new(File::create(path)?);
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        let file = BufWriter::new(file);
         let header = PcapHeader {
             datalink: DataLink::ETHERNET,
+            // Larger than any UDP datagram with its headers (a GRO'd or
+            // reassembled one on the kernel path included).
+            snaplen: 262_144,
             ..PcapHeader::default()
         };
         let writer = PcapWriter::with_header(file, header).map_err(io::Error::other)?;

@@ -113,26 +113,33 @@ impl SteerKey {
     }
 }
 
-/// Makes one of the policy tries hold exactly `entries`.
+/// Makes one of the policy tries hold exactly `entries`: the new entries
+/// are written first (the /0 defaults among them), then the stale ones
+/// removed, so a policy replaced while attached never fails open.
 fn replace_trie<const N: usize>(
     map: &mut aya::maps::Map,
     entries: impl Iterator<Item = (Key<[u8; N]>, SourceVerdict)>,
 ) -> Result<()> {
     let mut trie: LpmTrie<_, [u8; N], u8> =
         LpmTrie::try_from(map).map_err(|e| Error::Load(Box::new(e)))?;
+    let mut wanted: Vec<(u32, [u8; N])> = Vec::new();
+    for (key, verdict) in entries {
+        trie.insert(&key, verdict.map_value(), 0)
+            .map_err(|e| Error::Load(chain(&e).into()))?;
+        wanted.push((key.prefix_len(), key.data()));
+    }
     let old: Vec<Key<[u8; N]>> = trie
         .keys()
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| Error::Load(chain(&e).into()))?;
-    for key in &old {
-        match trie.remove(key) {
+    for key in old {
+        if wanted.contains(&(key.prefix_len(), key.data())) {
+            continue;
+        }
+        match trie.remove(&key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => return Err(Error::Load(chain(&e).into())),
         }
-    }
-    for (key, verdict) in entries {
-        trie.insert(&key, verdict.map_value(), 0)
-            .map_err(|e| Error::Load(chain(&e).into()))?;
     }
     Ok(())
 }

@@ -164,9 +164,16 @@ impl XdpUdpSocket {
         }
     }
 
-    /// Moves waiting datagrams into quinn's buffers; how many.
-    fn fill(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
+    /// Moves waiting datagrams into quinn's buffers: how many it
+    /// delivered, and how many frames it took from the queues (junk
+    /// included: a queue that gave frames may have more).
+    fn fill(
+        &self,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> io::Result<(usize, usize)> {
         let mut n = 0;
+        let mut taken = 0;
         let mut overflow = lock(&self.overflow);
         while n < bufs.len() {
             let Some((rx, data)) = overflow.pop_front() else {
@@ -180,7 +187,7 @@ impl XdpUdpSocket {
             }
             let mut queue = lock(queue);
             let (bufs, meta) = (&mut *bufs, &mut *meta);
-            queue.recv(&mut |rx, data| {
+            taken += queue.recv(&mut |rx, data| {
                 if n < bufs.len() {
                     n += self.deliver(rx, data, &mut bufs[n], &mut meta[n]);
                 } else {
@@ -188,7 +195,7 @@ impl XdpUdpSocket {
                 }
             })?;
         }
-        Ok(n)
+        Ok((n, taken))
     }
 }
 
@@ -207,7 +214,17 @@ impl AsyncUdpSocket for XdpUdpSocket {
     }
 
     fn try_send(&self, transmit: &quinn::udp::Transmit<'_>) -> io::Result<()> {
-        self.send(transmit)
+        match self.send(transmit) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
+            // As quinn-udp does: a datagram that cannot go (too big for the
+            // path, no route) is lost, not the connection; the counters
+            // say why.
+            Err(e) => {
+                tracing::debug!(error = %e, destination = %transmit.destination, "datagram dropped");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
     }
 
     fn poll_recv(
@@ -217,9 +234,13 @@ impl AsyncUdpSocket for XdpUdpSocket {
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
         loop {
-            let n = self.fill(bufs, meta)?;
+            let (n, taken) = self.fill(bufs, meta)?;
             if n > 0 {
                 return Poll::Ready(Ok(n));
+            }
+            if taken > 0 {
+                // Only junk this time; more may wait behind it.
+                continue;
             }
             // Nothing waiting: clear stale readiness and look again, or
             // register for the next datagram on every queue.

@@ -47,8 +47,8 @@ impl SourcePolicy {
     /// A prefix both allowed and denied is an error: nothing says which
     /// was meant.
     pub fn new(allow: Vec<IpNet>, deny: Vec<IpNet>) -> Result<Self> {
-        let allow: Vec<IpNet> = allow.iter().map(IpNet::trunc).collect();
-        let deny: Vec<IpNet> = deny.iter().map(IpNet::trunc).collect();
+        let allow: Vec<IpNet> = allow.iter().map(canonical).collect::<Result<_>>()?;
+        let deny: Vec<IpNet> = deny.iter().map(canonical).collect::<Result<_>>()?;
         if let Some(both) = allow.iter().find(|p| deny.contains(p)) {
             return Err(Error::Config(format!(
                 "source prefix {both} is both allowed and denied"
@@ -104,6 +104,25 @@ impl SourcePolicy {
     }
 }
 
+/// A prefix by its network part; IPv4-mapped IPv6 prefixes as the IPv4
+/// prefixes they stand for (sources are matched as IPv4).
+fn canonical(prefix: &IpNet) -> Result<IpNet> {
+    let prefix = prefix.trunc();
+    let IpNet::V6(v6) = prefix else {
+        return Ok(prefix);
+    };
+    match v6.network().to_ipv4_mapped() {
+        Some(v4) if v6.prefix_len() >= 96 => {
+            let v4 = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).expect("at most 32");
+            Ok(IpNet::V4(v4))
+        }
+        Some(_) if v6.prefix_len() > 80 => Err(Error::Config(format!(
+            "source prefix {prefix} covers IPv4-mapped addresses only in part"
+        ))),
+        _ => Ok(prefix),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +171,13 @@ mod tests {
         assert!(entries.contains(&("::/0".parse().unwrap(), SourceVerdict::NotAllowed)));
         let any = policy(&["0.0.0.0/0"], &["10.0.0.0/8"]);
         assert_eq!(any.entries().len(), 3, "a given /0 is not doubled");
+        // IPv4-mapped prefixes mean their IPv4 prefix.
+        let mapped = policy(&[], &["::ffff:192.0.2.0/120"]);
+        assert_eq!(verdict(&mapped, "192.0.2.9"), SourceVerdict::Denied);
+        assert_eq!(
+            mapped.entries(),
+            vec![("192.0.2.0/24".parse().unwrap(), SourceVerdict::Denied)]
+        );
         let both = SourcePolicy::new(
             vec!["10.0.0.0/8".parse().unwrap()],
             vec!["10.0.0.0/8".parse().unwrap()],

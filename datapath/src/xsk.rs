@@ -459,10 +459,16 @@ impl PacketIo for XskQueue {
                     .source_for(dst.ip(), Instant::now())
                     .filter(family)
             })
+            // No route through this interface to take a source from: the
+            // kernel socket can still send it.
             .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("sending to {dst} over AF_XDP needs a source address of its family"),
+                Self::drop_with(
+                    &self.counters.tx_no_neighbor,
+                    io::ErrorKind::HostUnreachable,
+                    format!(
+                        "no source address towards {dst} through {}",
+                        self.settings.interface
+                    ),
                 )
             })?;
         let src = SocketAddr::new(src_ip, self.settings.port);

@@ -482,6 +482,7 @@ fn tcp_and_http3_serve_identically_with_validators_and_ranges() {
     std::fs::create_dir_all(&dir).unwrap();
     let page: Vec<u8> = (0..5000u32).map(|i| (i % 97) as u8 + b' ').collect();
     std::fs::write(dir.join("page.txt"), &page).unwrap();
+    std::fs::write(dir.join("empty.txt"), b"").unwrap();
     let port = 50_000 + (std::process::id() % 1000) as u16;
     let server = start_server_with(port, &dir, &["--tcp"]);
     let ca = dir.join("ca.pem");
@@ -536,6 +537,24 @@ fn tcp_and_http3_serve_identically_with_validators_and_ranges() {
             vec![("range", "bytes=65530-65545")],
             206,
         ),
+        // A suffix longer than the body is all of it (RFC 9110 14.1.3).
+        (
+            format!("{base}/page.txt"),
+            vec![("range", "bytes=-100000")],
+            206,
+        ),
+        // Several ranges: the whole body.
+        (
+            format!("{base}/page.txt"),
+            vec![("range", "bytes=0-1,5-6")],
+            200,
+        ),
+        (
+            format!("{base}/empty.txt"),
+            vec![("range", "bytes=0-")],
+            416,
+        ),
+        (format!("{base}/empty.txt"), vec![], 200),
         (format!("{base}/missing"), vec![], 404),
     ];
     for (url, headers, status) in &cases {
@@ -557,6 +576,13 @@ fn tcp_and_http3_serve_identically_with_validators_and_ranges() {
         &[("range", "bytes=100-199")],
     ));
     assert_eq!(ranged.body, page[100..200]);
+    let suffix = runtime.block_on(fetch_h3(
+        &mut sender,
+        &format!("{base}/page.txt"),
+        &[("range", "bytes=-100000")],
+    ));
+    assert_eq!(suffix.headers["content-range"], "bytes 0-4999/5000");
+    assert_eq!(suffix.body, page);
     assert_eq!(ranged.headers["content-range"], "bytes 100-199/5000");
     let generated = runtime.block_on(fetch_h3(
         &mut sender,
@@ -568,5 +594,25 @@ fn tcp_and_http3_serve_identically_with_validators_and_ranges() {
         .collect();
     assert_eq!(generated.body, want);
     drop(server);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// --deny applies to the TCP listener too: a refused source gets its
+/// connection closed before TLS.
+#[test]
+fn the_source_policy_applies_to_the_tcp_listener() {
+    let dir = std::env::temp_dir().join(format!("qx-h3tcpdeny-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.html"), b"hi").unwrap();
+    let port = 52_000 + (std::process::id() % 1000) as u16;
+    let _server = start_server_with(port, &dir, &["--tcp", "--deny", "127.0.0.0/8"]);
+    let status = Command::new("curl")
+        .args(["-s", "--max-time", "5", "--cacert"])
+        .arg(dir.join("ca.pem"))
+        .arg(format!("https://127.0.0.1:{port}/index.html"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("curl must be installed");
+    assert!(!status.success(), "a denied source was served over TCP");
     std::fs::remove_dir_all(dir).unwrap();
 }
