@@ -113,16 +113,6 @@ impl Content {
     }
 
     fn reply_inner(&self, method: &Method, path: &str, headers: &HeaderMap) -> Reply {
-        // Range requests are defined for GET only (RFC 9110 14.2).
-        let without_range;
-        let headers = if *method == Method::HEAD && headers.contains_key(header::RANGE) {
-            let mut h = headers.clone();
-            h.remove(header::RANGE);
-            without_range = h;
-            &without_range
-        } else {
-            headers
-        };
         if *method != Method::GET && *method != Method::HEAD {
             let mut reply = status(StatusCode::METHOD_NOT_ALLOWED);
             reply
@@ -133,6 +123,7 @@ impl Content {
         if let Some(n) = path.strip_prefix("/bytes/") {
             return match n.parse::<u64>() {
                 Ok(n) if n <= self.max_generated => ranged(
+                    method,
                     headers,
                     n,
                     Validators::none(),
@@ -165,6 +156,7 @@ impl Content {
         let file = tokio::fs::File::from_std(file);
         let mut file = Some(file);
         ranged(
+            method,
             headers,
             meta.len(),
             validators,
@@ -191,8 +183,10 @@ fn status(code: StatusCode) -> Reply {
 }
 
 /// A 200 with the whole body, or a 206 with the one range asked for, or
-/// 416. Several ranges get the whole body (a server may ignore Range).
+/// 416. Several ranges get the whole body (a server may ignore Range), and
+/// so does HEAD (ranges are defined for GET only, RFC 9110 14.2).
 fn ranged(
+    method: &Method,
     headers: &HeaderMap,
     len: u64,
     validators: Validators,
@@ -207,7 +201,12 @@ fn ranged(
     );
     out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     validators.write(&mut out);
-    let (code, range) = match requested_range(headers, len, &validators) {
+    let requested = if *method == Method::GET {
+        requested_range(headers, len, &validators)
+    } else {
+        Requested::Whole
+    };
+    let (code, range) = match requested {
         Requested::Whole => (StatusCode::OK, 0..=len.wrapping_sub(1)),
         Requested::One(range) => {
             let value = format!("bytes {}-{}/{len}", range.start(), range.end());

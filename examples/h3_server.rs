@@ -92,10 +92,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .with_single_cert(bound.identity.certs.clone(), bound.identity.key.clone_key())?;
         let limits = tcp::TcpLimits {
             max_connections: args.server.max_connections,
-            policy: quic_xdp::datapath::SourcePolicy::new(
-                args.server.allow.clone(),
-                args.server.deny.clone(),
-            )?,
+            policy: args.server.source_policy()?,
         };
         tcp::serve(listener, tls, content.clone(), limits, tcp_counters.clone())?;
         println!("also serving HTTP/1.1 and HTTP/2 on TCP {addr}");

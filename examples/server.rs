@@ -186,7 +186,7 @@ impl ServerArgs {
         }
         let capture = self.pcap.clone();
         builder = builder.datapath(move |c| c.capture = capture);
-        let policy = quic_xdp::datapath::SourcePolicy::new(self.allow.clone(), self.deny.clone())?;
+        let policy = self.source_policy()?;
         builder = builder.datapath(move |c| c.source_policy = policy);
         if let Some(per_second) = self.initial_rate {
             let rate = quic_xdp::datapath::program::InitialRate {
@@ -207,6 +207,14 @@ impl ServerArgs {
             metrics,
             identity,
         })
+    }
+
+    /// The sources `--allow` and `--deny` admit.
+    pub fn source_policy(&self) -> anyhow::Result<quic_xdp::datapath::SourcePolicy> {
+        Ok(quic_xdp::datapath::SourcePolicy::new(
+            self.allow.clone(),
+            self.deny.clone(),
+        )?)
     }
 
     /// The TLS cryptography `--crypto` names.

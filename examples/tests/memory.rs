@@ -4,6 +4,8 @@
 //! connection, measured as the server process's resident memory.
 //! Loopback, kernel UDP: no privileges needed.
 
+mod support;
+
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
@@ -78,7 +80,7 @@ fn client(ca: &std::path::Path) -> quinn::Endpoint {
 fn a_thousand_connections_that_stop_reading_stay_within_the_bound() {
     let dir = std::env::temp_dir().join(format!("qx-memory-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = 51_000 + (std::process::id() % 1000) as u16;
+    let port = support::free_port();
     let window = WINDOW.to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_echo-server"))
         .args([

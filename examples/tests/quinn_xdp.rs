@@ -223,7 +223,8 @@ async fn h3_quinn_requests_over_xdp_on_both_ends() {
             .body(())
             .unwrap();
         let mut stream = sender.send_request(request).await.unwrap();
-        stream.finish().await.unwrap();
+        // A server may stop the request side once it answered (RFC 9114 4.1.2).
+        let _ = stream.finish().await;
         let response = stream.recv_response().await.unwrap();
         assert_eq!(response.status(), 200);
         let mut body = Vec::new();
@@ -269,14 +270,15 @@ async fn ecn_is_carried_both_ways() {
         .unwrap();
     let payload = [0x40u8; 100];
 
-    xdp.try_send(&Transmit {
-        destination: kernel.local_addr().unwrap(),
-        ecn: Some(EcnCodepoint::Ect0),
+    let transmit = |destination, ecn| Transmit {
+        destination,
+        ecn: Some(ecn),
         contents: &payload,
         segment_size: None,
         src_ip: None,
-    })
-    .unwrap();
+    };
+    xdp.try_send(&transmit(kernel.local_addr().unwrap(), EcnCodepoint::Ect0))
+        .unwrap();
     let mut buf = [0u8; 2048];
     let mut meta = [RecvMeta::default()];
     kernel.set_nonblocking(false).unwrap();
@@ -294,13 +296,7 @@ async fn ecn_is_carried_both_ways() {
     kernel_state
         .try_send(
             (&kernel).into(),
-            &Transmit {
-                destination: xdp.local_addr().unwrap(),
-                ecn: Some(EcnCodepoint::Ect1),
-                contents: &payload,
-                segment_size: None,
-                src_ip: None,
-            },
+            &transmit(xdp.local_addr().unwrap(), EcnCodepoint::Ect1),
         )
         .unwrap();
     let mut buf = [0u8; 2048];
