@@ -110,7 +110,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             draining,
             ..site.clone()
         };
-        site::serve(H3Connection::new(conn), site)
+        let max_header_size = site.max_header_size;
+        site::serve(
+            H3Connection::new(conn).max_field_section_size(max_header_size),
+            site,
+        )
     })
     .await?;
     if args.tcp {

@@ -162,6 +162,13 @@ impl SendStream {
         })
     }
 
+    /// A second handle on a stream that another handle ends: dropping this
+    /// one does nothing.
+    #[cfg(feature = "h3")]
+    pub(crate) fn forget(&mut self) {
+        self.done = true;
+    }
+
     /// Abandons the stream: the peer sees RESET_STREAM with `code`.
     pub fn reset(&mut self, code: VarInt) -> Result<(), ClosedStream> {
         self.done = true;

@@ -14,6 +14,15 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! h3 buffers a HEADERS frame, and any frame type it does not know, whole,
+//! whatever length it declares. These streams refuse such a frame when it
+//! is longer than [`H3Connection::max_field_section_size`] (64 KiB unless
+//! set), with H3_EXCESSIVE_LOAD, before h3 buffers it; give h3's server
+//! builder the same value, and h3 answers 431 to sections that decode to
+//! more.
+
+mod frame_limit;
 
 use std::{
     sync::Arc,
@@ -25,18 +34,33 @@ use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, Wri
 use quinn_proto::{ConnectionError, Dir, VarInt};
 
 use crate::{Connection, RecvStream, SendStream, streams::ReadError, streams::WriteError};
+use frame_limit::{FrameLimit, FrameTooLarge};
 
 /// A quic-xdp connection as h3 sees it.
 pub struct H3Connection {
     opener: H3Opener,
 }
 
+/// The default of [`H3Connection::max_field_section_size`].
+pub const DEFAULT_MAX_FIELD_SECTION_SIZE: u64 = 64 * 1024;
+
 impl H3Connection {
     /// Wraps an established connection for `h3::server::Connection::new`.
     pub fn new(conn: Connection) -> Self {
         Self {
-            opener: H3Opener { conn },
+            opener: H3Opener {
+                conn,
+                max_frame: DEFAULT_MAX_FIELD_SECTION_SIZE,
+            },
         }
+    }
+
+    /// The longest HEADERS (or unknown) frame a peer may send, in bytes;
+    /// a stream with a longer one is refused with H3_EXCESSIVE_LOAD before
+    /// h3 buffers it. Use the value given to h3's `max_field_section_size`.
+    pub fn max_field_section_size(mut self, bytes: u64) -> Self {
+        self.opener.max_frame = bytes;
+        self
     }
 }
 
@@ -44,6 +68,7 @@ impl H3Connection {
 #[derive(Clone)]
 pub struct H3Opener {
     conn: Connection,
+    max_frame: u64,
 }
 
 impl<B: Buf> quic::Connection<B> for H3Connection {
@@ -56,10 +81,10 @@ impl<B: Buf> quic::Connection<B> for H3Connection {
     ) -> Poll<Result<H3RecvStream, ConnectionErrorIncoming>> {
         let conn = &self.opener.conn;
         let id = ready!(conn.poll_accept(cx, Dir::Uni)).map_err(connection_error)?;
-        Poll::Ready(Ok(H3RecvStream::new(RecvStream::new(
-            conn.conn_ref().clone(),
-            id,
-        ))))
+        Poll::Ready(Ok(H3RecvStream::new(
+            RecvStream::new(conn.conn_ref().clone(), id),
+            FrameLimit::unidirectional(self.opener.max_frame),
+        )))
     }
 
     fn poll_accept_bidi(
@@ -68,7 +93,7 @@ impl<B: Buf> quic::Connection<B> for H3Connection {
     ) -> Poll<Result<H3BidiStream<B>, ConnectionErrorIncoming>> {
         let conn = &self.opener.conn;
         let id = ready!(conn.poll_accept(cx, Dir::Bi)).map_err(connection_error)?;
-        Poll::Ready(Ok(H3BidiStream::new(conn, id)))
+        Poll::Ready(Ok(H3BidiStream::new(conn, id, self.opener.max_frame)))
     }
 
     fn opener(&self) -> H3Opener {
@@ -108,7 +133,7 @@ impl<B: Buf> quic::OpenStreams<B> for H3Opener {
         cx: &mut Context<'_>,
     ) -> Poll<Result<H3BidiStream<B>, StreamErrorIncoming>> {
         let id = ready!(self.conn.poll_open(cx, Dir::Bi)).map_err(stream_connection_error)?;
-        Poll::Ready(Ok(H3BidiStream::new(&self.conn, id)))
+        Poll::Ready(Ok(H3BidiStream::new(&self.conn, id, self.max_frame)))
     }
 
     fn poll_open_send(
@@ -212,20 +237,41 @@ impl<B: Buf> quic::SendStream<B> for H3SendStream<B> {
 /// Receiving half.
 pub struct H3RecvStream {
     stream: RecvStream,
+    limit: FrameLimit,
+    /// A request stream's sending half, to refuse the request whole.
+    reply: Option<SendStream>,
 }
 
 impl H3RecvStream {
-    fn new(mut stream: RecvStream) -> Self {
+    fn new(mut stream: RecvStream, limit: FrameLimit) -> Self {
         // A request the server stops reading early is no error (RFC 9114
         // 4.1.2); code 0 would be read as one.
         stream.set_drop_code(H3_NO_ERROR);
-        Self { stream }
+        Self {
+            stream,
+            limit,
+            reply: None,
+        }
+    }
+
+    /// Ends both directions: the peer sent a frame h3 would buffer whole
+    /// beyond the limit.
+    fn refuse(&mut self, too_large: FrameTooLarge) -> StreamErrorIncoming {
+        tracing::debug!(stream = %self.stream.id(), ?too_large, "frame over the limit");
+        let _ = self.stream.stop(H3_EXCESSIVE_LOAD);
+        if let Some(reply) = &mut self.reply {
+            let _ = reply.reset(H3_EXCESSIVE_LOAD);
+        }
+        StreamErrorIncoming::StreamTerminated {
+            error_code: H3_EXCESSIVE_LOAD.into_inner(),
+        }
     }
 }
 
 /// RFC 9114 8.1.
 const H3_NO_ERROR: VarInt = VarInt::from_u32(0x100);
 const H3_REQUEST_CANCELLED: VarInt = VarInt::from_u32(0x10c);
+const H3_EXCESSIVE_LOAD: VarInt = VarInt::from_u32(0x107);
 
 impl quic::RecvStream for H3RecvStream {
     type Buf = Bytes;
@@ -234,7 +280,13 @@ impl quic::RecvStream for H3RecvStream {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
-        self.stream.poll_chunk(cx, usize::MAX).map_err(read_error)
+        let chunk = ready!(self.stream.poll_chunk(cx, usize::MAX)).map_err(read_error)?;
+        if let Some(chunk) = &chunk
+            && let Err(too_large) = self.limit.observe(chunk)
+        {
+            return Poll::Ready(Err(self.refuse(too_large)));
+        }
+        Poll::Ready(Ok(chunk))
     }
 
     fn stop_sending(&mut self, error_code: u64) {
@@ -255,10 +307,18 @@ pub struct H3BidiStream<B: Buf> {
 }
 
 impl<B: Buf> H3BidiStream<B> {
-    fn new(conn: &Connection, id: quinn_proto::StreamId) -> Self {
+    fn new(conn: &Connection, id: quinn_proto::StreamId, max_frame: u64) -> Self {
+        let mut recv = H3RecvStream::new(
+            RecvStream::new(conn.conn_ref().clone(), id),
+            FrameLimit::request(max_frame),
+        );
+        let mut reply = SendStream::new(conn.conn_ref().clone(), id);
+        // Only ever resets; dropping it must not finish the response.
+        reply.forget();
+        recv.reply = Some(reply);
         Self {
             send: H3SendStream::new(SendStream::new(conn.conn_ref().clone(), id)),
-            recv: H3RecvStream::new(RecvStream::new(conn.conn_ref().clone(), id)),
+            recv,
         }
     }
 }
