@@ -104,6 +104,40 @@ pub struct ServerArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// A file holding 32 bytes in hex: the secret behind stateless resets
+    /// and connection-ID checks. Give every server of a fleet (and every
+    /// restart) the same one; default: random per run.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// Issue connection IDs in the QUIC-LB format with this server ID
+    /// (hex, 1-15 bytes), for a load balancer that routes by them.
+    #[arg(long, value_name = "HEX")]
+    pub quic_lb_server_id: Option<String>,
+    /// With --quic-lb-server-id: the configuration's ID (0-6).
+    #[arg(long, default_value_t = 0, requires = "quic_lb_server_id")]
+    pub quic_lb_config_id: u8,
+    /// With --quic-lb-server-id: nonce bytes per connection ID (6 or more).
+    #[arg(long, default_value_t = 8, requires = "quic_lb_server_id")]
+    pub quic_lb_nonce_len: usize,
+    /// With --quic-lb-server-id: a file holding the fleet's 16-byte key in
+    /// hex, to encrypt connection IDs; without it server IDs are visible.
+    #[arg(long, value_name = "FILE", requires = "quic_lb_server_id")]
+    pub quic_lb_key_file: Option<PathBuf>,
+}
+
+/// `N` bytes written in hex in `path` (surrounding whitespace ignored).
+fn hex_file<const N: usize>(flag: &str, path: &std::path::Path) -> anyhow::Result<[u8; N]> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{flag}: reading {}", path.display()))?;
+    let bytes = hex::decode(text.trim())
+        .with_context(|| format!("{flag}: {} is not hex", path.display()))?;
+    bytes.try_into().map_err(|b: Vec<u8>| {
+        anyhow::anyhow!(
+            "{flag}: {} holds {} bytes, not {N}",
+            path.display(),
+            b.len()
+        )
+    })
 }
 
 /// A bound endpoint, and the metrics listener if asked for (bound before
@@ -195,6 +229,12 @@ impl ServerArgs {
             };
             builder = builder.datapath(move |c| c.initial_rate = Some(rate));
         }
+        if let Some(path) = &self.secret_file {
+            builder = builder.reset_secret(hex_file("--secret-file", path)?);
+        }
+        if let Some(config) = self.quic_lb()? {
+            builder = builder.quic_lb(config);
+        }
         let identity = self.identity()?;
         builder = builder.certificate(identity.certs.clone(), identity.key.clone_key());
         let endpoint = builder.bind().context("starting the endpoint")?;
@@ -207,6 +247,24 @@ impl ServerArgs {
             metrics,
             identity,
         })
+    }
+
+    /// The QUIC-LB configuration of the `--quic-lb-*` flags.
+    fn quic_lb(&self) -> anyhow::Result<Option<quic_xdp::QuicLbConfig>> {
+        let Some(server_id) = &self.quic_lb_server_id else {
+            return Ok(None);
+        };
+        let server_id = hex::decode(server_id).context("--quic-lb-server-id: not hex")?;
+        let key = match &self.quic_lb_key_file {
+            Some(path) => Some(hex_file("--quic-lb-key-file", path)?),
+            None => None,
+        };
+        Ok(Some(quic_xdp::QuicLbConfig::new(
+            self.quic_lb_config_id,
+            &server_id,
+            self.quic_lb_nonce_len,
+            key,
+        )?))
     }
 
     /// The sources `--allow` and `--deny` admit.

@@ -14,7 +14,7 @@ use ring::{
     rand::{SecureRandom, SystemRandom},
 };
 
-use crate::{Endpoint, Error, cid::CidScheme, core::Admission};
+use crate::{Endpoint, Error, QuicLbConfig, cid::CidScheme, core::Admission};
 
 /// How long a silent connection lives, unless configured.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -68,6 +68,7 @@ pub struct EndpointBuilder {
     max_connections: usize,
     retry: RetryPolicy,
     reset_secret: Option<[u8; 32]>,
+    quic_lb: Option<QuicLbConfig>,
     run_as: Option<String>,
     #[cfg(feature = "qlog")]
     qlog_dir: Option<PathBuf>,
@@ -89,6 +90,7 @@ impl EndpointBuilder {
             max_connections: 10_000,
             retry: RetryPolicy::WhenBusy { unvalidated: 256 },
             reset_secret: None,
+            quic_lb: None,
             run_as: None,
             #[cfg(feature = "qlog")]
             qlog_dir: None,
@@ -219,6 +221,20 @@ impl EndpointBuilder {
         self
     }
 
+    /// Issue connection IDs in the QUIC-LB format of `config`, so that a
+    /// load balancer in front of several servers routes each datagram to
+    /// the server that owns its connection, also after the client migrated.
+    /// Engines inside the host still route by the nonce, whose first two
+    /// octets they use: the nonce must be at least 6 octets. Give every
+    /// server the same `config` (but its own server ID) and the same
+    /// [`reset_secret`](Self::reset_secret), so any of them may answer a
+    /// datagram for a lost connection with a stateless reset the client
+    /// accepts.
+    pub fn quic_lb(mut self, config: QuicLbConfig) -> Self {
+        self.quic_lb = Some(config);
+        self
+    }
+
     /// Once the datapath is open (program attached, sockets bound), switch
     /// the process to `user`, keeping only the capabilities serving needs
     /// (CAP_BPF, CAP_NET_ADMIN: see `datapath::privileges`). The engine
@@ -251,12 +267,21 @@ impl EndpointBuilder {
             ));
         }
         let quic = self.quic_config()?;
+        let needed = 2 + crate::cid::MIN_RANDOM_LEN;
+        if let Some(config) = &self.quic_lb
+            && config.nonce_len() < needed
+        {
+            return Err(Error::Config(format!(
+                "QUIC-LB: a nonce of at least {needed} octets (two name the engine), not {}",
+                config.nonce_len()
+            )));
+        }
         let mut datapath = Datapath::open(&self.datapath)?;
         if let Some(user) = &self.run_as {
             datapath::privileges::drop_to_user(user)?;
         }
         let groups = datapath.take_queue_groups();
-        let (protos, cids) = quic.endpoints(groups.len());
+        let (protos, cids) = quic.endpoints(groups.len(), self.quic_lb.clone());
         #[allow(unused_mut)]
         let mut admission = self.admission();
         #[cfg(feature = "qlog")]
@@ -388,13 +413,20 @@ impl QuicConfig {
     /// One quinn-proto endpoint per engine: its own CIDs, but one server
     /// configuration (Retry token and session ticket keys) and one
     /// stateless-reset key, so any engine can answer for any other.
-    pub fn endpoints(&self, engines: usize) -> (Vec<quinn_proto::Endpoint>, CidScheme) {
+    pub fn endpoints(
+        &self,
+        engines: usize,
+        quic_lb: Option<QuicLbConfig>,
+    ) -> (Vec<quinn_proto::Endpoint>, CidScheme) {
         let derive =
             |label: &[u8]| hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &self.secret), label);
         let cid_key = derive(b"quic-xdp cid check").as_ref()[..crate::cid::CID_KEY_LEN]
             .try_into()
             .expect("16 bytes");
-        let cids = CidScheme::new(engines, cid_key);
+        let mut cids = CidScheme::new(engines, cid_key);
+        if let Some(config) = quic_lb {
+            cids = cids.with_quic_lb(config);
+        }
         let reset_key: Arc<dyn HmacKey> = Arc::new(hmac::Key::new(
             hmac::HMAC_SHA256,
             derive(b"quic-xdp stateless reset").as_ref(),
@@ -405,6 +437,7 @@ impl QuicConfig {
                 // QUIC v1 only (quinn-proto also offers old drafts): the XDP
                 // program's Initial checks know v1, and drafts are obsolete.
                 config.supported_versions(vec![1]);
+                let cids = cids.clone();
                 config.cid_generator(move || Box::new(cids.generator(engine)));
                 quinn_proto::Endpoint::new(Arc::new(config), Some(self.server.clone()), true, None)
             })

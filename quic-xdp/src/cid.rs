@@ -12,6 +12,11 @@
 //! queue received it, which then owns the connection. Routing depends only
 //! on the CID and the arrival queue, so retransmissions route alike; with
 //! RSS a flow stays on one queue, so forwarding between engines is rare.
+//!
+//! For a fleet behind a load balancer, the CIDs take the QUIC-LB format
+//! instead ([`crate::quic_lb`]): config ID, this server's ID and a nonce,
+//! in the clear or encrypted. The nonce then carries the same routing
+//! bytes: `[engine ^ p0, p1, random...]`.
 
 use std::hash::Hasher;
 
@@ -19,14 +24,24 @@ use quinn_proto::{ConnectionId, ConnectionIdGenerator, InvalidCid};
 use ring::rand::{SecureRandom, SystemRandom};
 use siphasher::sip::SipHasher13;
 
+use crate::quic_lb::QuicLbConfig;
+
+/// The length of our own CIDs (not QUIC-LB): two routing bytes and six
+/// random ones.
 pub(crate) const CID_LEN: usize = 8;
+/// Routing bytes at the start of a CID (or QUIC-LB nonce).
+const ROUTING_LEN: usize = 2;
+/// The fewest random bytes after them: with fewer, quinn-proto would
+/// often draw a CID that is in use.
+pub(crate) const MIN_RANDOM_LEN: usize = 4;
 /// The PRF key's length.
 pub(crate) const CID_KEY_LEN: usize = 16;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct CidScheme {
     engines: usize,
     key: [u8; CID_KEY_LEN],
+    quic_lb: Option<QuicLbConfig>,
 }
 
 impl CidScheme {
@@ -34,7 +49,24 @@ impl CidScheme {
     /// `EndpointBuilder::reset_secret`) it recognizes an earlier run's CIDs.
     pub fn new(engines: usize, key: [u8; CID_KEY_LEN]) -> Self {
         assert!((1..=256).contains(&engines), "at most 256 engines");
-        Self { engines, key }
+        Self {
+            engines,
+            key,
+            quic_lb: None,
+        }
+    }
+
+    /// CIDs in the QUIC-LB format of `config`, whose nonce must have room
+    /// for the routing bytes and `MIN_RANDOM_LEN` random ones.
+    pub fn with_quic_lb(mut self, config: QuicLbConfig) -> Self {
+        assert!(config.nonce_len() >= ROUTING_LEN + MIN_RANDOM_LEN);
+        self.quic_lb = Some(config);
+        self
+    }
+
+    /// The length of every CID we issue.
+    pub fn cid_len(&self) -> usize {
+        self.quic_lb.as_ref().map_or(CID_LEN, QuicLbConfig::cid_len)
     }
 
     #[cfg(test)]
@@ -56,12 +88,37 @@ impl CidScheme {
 
     /// The engine that issued `cid`, if we did.
     pub fn owner(&self, cid: &[u8]) -> Option<usize> {
-        if cid.len() != CID_LEN {
-            return None;
+        match &self.quic_lb {
+            None if cid.len() == CID_LEN => self.routing_owner(cid),
+            None => None,
+            Some(config) => {
+                // Another server's CID (a misrouted datagram) is not ours.
+                let decoded = config.decode(cid)?;
+                if decoded.server_id() != config.server_id() {
+                    return None;
+                }
+                self.routing_owner(decoded.nonce())
+            }
         }
-        let (mask, check) = self.prf(&cid[2..]);
-        let engine = usize::from(cid[0] ^ mask);
-        (cid[1] == check && engine < self.engines).then_some(engine)
+    }
+
+    /// The engine that `routed` (a CID or a nonce: routing bytes, then
+    /// random ones) names, if its check byte is right.
+    fn routing_owner(&self, routed: &[u8]) -> Option<usize> {
+        let (mask, check) = self.prf(&routed[ROUTING_LEN..]);
+        let engine = usize::from(routed[0] ^ mask);
+        (routed[1] == check && engine < self.engines).then_some(engine)
+    }
+
+    /// Fills `routed` (a CID or a nonce) for `engine`: random bytes and
+    /// the routing bytes that name the engine.
+    fn fill_routed(&self, engine: u8, random: &SystemRandom, routed: &mut [u8]) {
+        random
+            .fill(&mut routed[ROUTING_LEN..])
+            .expect("system randomness");
+        let (mask, check) = self.prf(&routed[ROUTING_LEN..]);
+        routed[0] = engine ^ mask;
+        routed[1] = check;
     }
 
     /// The engine that must handle `datagram`, which arrived at `arrival`.
@@ -75,7 +132,7 @@ impl CidScheme {
                 .get(5)
                 .and_then(|&len| datagram.get(6..6 + usize::from(len))),
             // Short header: our fixed-length DCID right after the flags.
-            Some(_) => datagram.get(1..1 + CID_LEN),
+            Some(_) => datagram.get(1..1 + self.cid_len()),
             None => None,
         };
         dcid.and_then(|cid| self.owner(cid)).unwrap_or(arrival)
@@ -83,7 +140,7 @@ impl CidScheme {
 
     pub fn generator(&self, engine: usize) -> EngineCids {
         EngineCids {
-            scheme: *self,
+            scheme: self.clone(),
             engine: engine as u8,
             random: SystemRandom::new(),
         }
@@ -99,12 +156,20 @@ pub(crate) struct EngineCids {
 
 impl ConnectionIdGenerator for EngineCids {
     fn generate_cid(&mut self) -> ConnectionId {
-        let mut cid = [0; CID_LEN];
-        self.random.fill(&mut cid[2..]).expect("system randomness");
-        let (mask, check) = self.scheme.prf(&cid[2..]);
-        cid[0] = self.engine ^ mask;
-        cid[1] = check;
-        ConnectionId::new(&cid)
+        let scheme = &self.scheme;
+        match &scheme.quic_lb {
+            None => {
+                let mut cid = [0; CID_LEN];
+                scheme.fill_routed(self.engine, &self.random, &mut cid);
+                ConnectionId::new(&cid)
+            }
+            Some(config) => {
+                let mut nonce = [0; 18];
+                let nonce = &mut nonce[..config.nonce_len()];
+                scheme.fill_routed(self.engine, &self.random, nonce);
+                ConnectionId::new(&config.encode(nonce))
+            }
+        }
     }
 
     /// Whether `cid` could be ours: only then may a stateless reset answer
@@ -114,7 +179,7 @@ impl ConnectionIdGenerator for EngineCids {
     }
 
     fn cid_len(&self) -> usize {
-        CID_LEN
+        self.scheme.cid_len()
     }
 
     fn cid_lifetime(&self) -> Option<std::time::Duration> {
@@ -208,6 +273,38 @@ mod tests {
             CidScheme::new(2, [4; CID_KEY_LEN]).owner(&generator.generate_cid()),
             None
         );
+    }
+
+    #[test]
+    fn quic_lb_cids_name_this_server_and_route_to_their_engine() {
+        let key = [5u8; 16];
+        for lb_key in [None, Some(key)] {
+            let config = QuicLbConfig::new(3, &[0xaa, 0xbb], 8, lb_key).unwrap();
+            let scheme = CidScheme::random(4).with_quic_lb(config.clone());
+            for engine in 0..4 {
+                let mut generator = scheme.generator(engine);
+                assert_eq!(generator.cid_len(), 11);
+                for _ in 0..100 {
+                    let cid = generator.generate_cid();
+                    // A load balancer following the draft names this server.
+                    assert_eq!(config.decode(&cid).unwrap().server_id(), [0xaa, 0xbb]);
+                    assert_eq!(cid[0] >> 5, 3);
+                    assert!(generator.validate(&cid).is_ok());
+                    for arrival in 0..4 {
+                        assert_eq!(scheme.route(&short_header(&cid), arrival), engine);
+                        assert_eq!(scheme.route(&long_header(&cid), arrival), engine);
+                    }
+                }
+            }
+            // Another server of the fleet: same config, other server ID.
+            let other = QuicLbConfig::new(3, &[0xaa, 0xbc], 8, lb_key).unwrap();
+            let theirs = CidScheme::random(4)
+                .with_quic_lb(other)
+                .generator(2)
+                .generate_cid();
+            assert_eq!(scheme.owner(&theirs), None);
+            assert_eq!(scheme.route(&short_header(&theirs), 1), 1);
+        }
     }
 
     #[test]

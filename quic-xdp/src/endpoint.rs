@@ -158,7 +158,7 @@ impl Endpoint {
             let peers = Peers {
                 index,
                 engines: engines.clone(),
-                cids,
+                cids: cids.clone(),
             };
             let core = EngineCore::new(
                 proto,

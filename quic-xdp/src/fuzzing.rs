@@ -60,7 +60,7 @@ impl RxHarness {
             EndpointBuilder::new(SocketAddr::from(([10, 77, 0, 2], 4433))).alpn(["h3", "echo"]);
         let quic = builder.quic_config().expect("development identity");
         let admission = Arc::new(builder.admission());
-        let (protos, cids) = quic.endpoints(ENGINES);
+        let (protos, cids) = quic.endpoints(ENGINES, None);
         // As with Endpoint::serve: the cores accept what admission allows.
         let handler = ServeHandler::default();
         let accept_all: Handler = Arc::new(|_| Box::pin(async {}));

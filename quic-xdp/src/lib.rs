@@ -40,6 +40,7 @@ pub mod h3;
 mod metrics;
 #[cfg(feature = "qlog")]
 mod qlog;
+pub mod quic_lb;
 mod shared;
 mod streams;
 
@@ -51,6 +52,7 @@ pub use connection::{Connecting, Connection, Incoming, SendDatagramError};
 pub use datapath::{ActiveMode, Mode};
 pub use endpoint::{Endpoint, EndpointCounters, EndpointStats};
 pub use error::Error;
+pub use quic_lb::QuicLbConfig;
 pub use quinn_proto::{
     ClosedStream, ConnectionError, ConnectionStats, StreamId, TransportConfig, VarInt,
 };
