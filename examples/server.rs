@@ -116,7 +116,7 @@ pub struct ServerArgs {
     /// With --quic-lb-server-id: the configuration's ID (0-6).
     #[arg(long, default_value_t = 0, requires = "quic_lb_server_id")]
     pub quic_lb_config_id: u8,
-    /// With --quic-lb-server-id: nonce bytes per connection ID (6 or more).
+    /// With --quic-lb-server-id: nonce bytes per connection ID (8 or more).
     #[arg(long, default_value_t = 8, requires = "quic_lb_server_id")]
     pub quic_lb_nonce_len: usize,
     /// With --quic-lb-server-id: a file holding the fleet's 16-byte key in

@@ -225,11 +225,12 @@ impl EndpointBuilder {
     /// load balancer in front of several servers routes each datagram to
     /// the server that owns its connection, also after the client migrated.
     /// Engines inside the host still route by the nonce, whose first two
-    /// octets they use: the nonce must be at least 6 octets. Give every
-    /// server the same `config` (but its own server ID) and the same
-    /// [`reset_secret`](Self::reset_secret), so any of them may answer a
-    /// datagram for a lost connection with a stateless reset the client
-    /// accepts.
+    /// octets they use; six more are random: the nonce must be at least 8
+    /// octets. Give every server the same `config`, but its own server ID.
+    /// A server answers only its own server ID's CIDs (with a stateless
+    /// reset when it lost the connection); with the same
+    /// [`reset_secret`](Self::reset_secret) across restarts, its resets
+    /// are ones the clients accept.
     pub fn quic_lb(mut self, config: QuicLbConfig) -> Self {
         self.quic_lb = Some(config);
         self
@@ -272,7 +273,7 @@ impl EndpointBuilder {
             && config.nonce_len() < needed
         {
             return Err(Error::Config(format!(
-                "QUIC-LB: a nonce of at least {needed} octets (two name the engine), not {}",
+                "QUIC-LB: a nonce of at least {needed} octets (two name the engine, six are random), not {}",
                 config.nonce_len()
             )));
         }

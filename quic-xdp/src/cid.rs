@@ -31,9 +31,10 @@ use crate::quic_lb::QuicLbConfig;
 pub(crate) const CID_LEN: usize = 8;
 /// Routing bytes at the start of a CID (or QUIC-LB nonce).
 const ROUTING_LEN: usize = 2;
-/// The fewest random bytes after them: with fewer, quinn-proto would
-/// often draw a CID that is in use.
-pub(crate) const MIN_RANDOM_LEN: usize = 4;
+/// The fewest random bytes after them. A CID drawn twice would give two
+/// clients the same stateless reset token (and the draft forbids reusing
+/// a nonce under one key): with 6 random bytes that takes ~20 million CIDs.
+pub(crate) const MIN_RANDOM_LEN: usize = 6;
 /// The PRF key's length.
 pub(crate) const CID_KEY_LEN: usize = 16;
 

@@ -169,6 +169,19 @@ impl SendStream {
         self.done = true;
     }
 
+    /// Resets the stream unless it was finished: a finished response is
+    /// left to arrive whole.
+    #[cfg(feature = "h3")]
+    pub(crate) fn reset_unless_finished(&mut self, code: VarInt) {
+        self.done = true;
+        let id = self.id;
+        self.conn.edit(|st| {
+            if !st.finishing.contains(&id) {
+                let _ = st.reset(id, code);
+            }
+        });
+    }
+
     /// Abandons the stream: the peer sees RESET_STREAM with `code`.
     pub fn reset(&mut self, code: VarInt) -> Result<(), ClosedStream> {
         self.done = true;

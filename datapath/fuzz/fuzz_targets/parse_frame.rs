@@ -1,9 +1,10 @@
 //! Any bytes into the frame decoder: no panic, no out-of-bounds; whatever
 //! decodes re-encodes (headers from the decoded fields, same payload) into
 //! a frame that decodes to the same datagram, with IPv4 and UDP checksums
-//! that verify by the project's own RFC 1071 code. (Under cfg(fuzzing)
-//! smoltcp's checksum verification always succeeds, so the decoder's own
-//! verdict cannot be what is checked here.)
+//! that verify by the project's own RFC 1071 code. (The decoder checks UDP
+//! checksums with that code too, but the IPv4 header's with smoltcp's,
+//! which always succeeds under cfg(fuzzing): the re-encoded frame is what
+//! is checked here.)
 #![no_main]
 
 use datapath::wire::{

@@ -11,6 +11,8 @@
 
 /// RFC 9114 7.2.1: DATA frames are streamed, not buffered.
 const DATA: u64 = 0x00;
+/// WebTransport's stream signal (h3 reads a session ID, not a length).
+const WEBTRANSPORT_STREAM: u64 = 0x41;
 
 /// Where in the stream's frame sequence the next byte falls.
 #[derive(Debug)]
@@ -64,45 +66,55 @@ impl FrameLimit {
         }
     }
 
-    /// Takes the next bytes of the stream.
-    pub fn observe(&mut self, mut data: &[u8]) -> Result<(), FrameTooLarge> {
-        while !data.is_empty() {
+    /// How many of `data`'s first bytes (at least one) form the next piece
+    /// to hand h3: up to the end of the stream type, frame header or
+    /// payload under way; all of them once the stream is not watched.
+    ///
+    /// Pieces end at frame boundaries because h3 reads one more chunk per
+    /// call than it consumes: with whole chunks, a peer sending tiny DATA
+    /// frames would grow h3's buffer by a chunk per frame the application
+    /// reads. A piece never holds more than the frame under way.
+    pub fn next_piece(&mut self, data: &[u8]) -> Result<usize, FrameTooLarge> {
+        debug_assert!(!data.is_empty());
+        let mut taken = 0;
+        while taken < data.len() {
+            let byte = data[taken];
             match &mut self.position {
-                Position::Unwatched => return Ok(()),
-                Position::StreamType { bytes, have } => {
-                    // A byte at a time too: the type may be split, and a
-                    // long encoding of 0x00 is still the control stream.
-                    bytes[*have] = data[0];
-                    *have += 1;
-                    data = &data[1..];
-                    if *have < varint_len(bytes[0]) {
-                        continue;
-                    }
-                    self.position = if varint(&bytes[..*have]) == 0x00 {
-                        Position::FrameHeader {
-                            bytes: [0; 16],
-                            have: 0,
-                        }
-                    } else {
-                        Position::Unwatched
-                    };
-                }
+                Position::Unwatched => return Ok(data.len()),
                 Position::Payload { left } => {
-                    let skip = (*left).min(data.len() as u64);
-                    *left -= skip;
-                    data = &data[skip as usize..];
+                    let n = (*left).min(data.len() as u64) as usize;
+                    *left -= n as u64;
                     if *left == 0 {
-                        self.position = Position::FrameHeader {
-                            bytes: [0; 16],
-                            have: 0,
+                        self.position = Position::frame_start();
+                    }
+                    return Ok(n);
+                }
+                Position::StreamType { bytes, have } => {
+                    // A byte at a time: the type may be split, and a long
+                    // encoding of 0x00 is still the control stream.
+                    bytes[*have] = byte;
+                    *have += 1;
+                    taken += 1;
+                    if *have == varint_len(bytes[0]) {
+                        self.position = if varint(&bytes[..*have]) == 0x00 {
+                            Position::frame_start()
+                        } else {
+                            Position::Unwatched
                         };
+                        return Ok(taken);
                     }
                 }
                 Position::FrameHeader { bytes, have } => {
                     // A byte at a time: at most 16 per frame.
-                    bytes[*have] = data[0];
+                    bytes[*have] = byte;
                     *have += 1;
-                    data = &data[1..];
+                    taken += 1;
+                    let type_len = varint_len(bytes[0]);
+                    if *have == type_len && varint(&bytes[..type_len]) == WEBTRANSPORT_STREAM {
+                        // No length follows: what comes is not frames.
+                        self.position = Position::Unwatched;
+                        return Ok(taken);
+                    }
                     let Some((frame_type, length)) = frame_header(&bytes[..*have]) else {
                         continue;
                     };
@@ -110,17 +122,24 @@ impl FrameLimit {
                         return Err(FrameTooLarge { frame_type, length });
                     }
                     self.position = if length == 0 {
-                        Position::FrameHeader {
-                            bytes: [0; 16],
-                            have: 0,
-                        }
+                        Position::frame_start()
                     } else {
                         Position::Payload { left: length }
                     };
+                    return Ok(taken);
                 }
             }
         }
-        Ok(())
+        Ok(taken)
+    }
+}
+
+impl Position {
+    fn frame_start() -> Self {
+        Position::FrameHeader {
+            bytes: [0; 16],
+            have: 0,
+        }
     }
 }
 
@@ -166,9 +185,27 @@ mod tests {
         f
     }
 
-    /// Feeds `stream` in pieces of `piece` bytes.
-    fn feed(limit: &mut FrameLimit, stream: &[u8], piece: usize) -> Result<(), FrameTooLarge> {
-        stream.chunks(piece).try_for_each(|c| limit.observe(c))
+    /// Feeds `stream` in chunks of `chunk` bytes, as the pieces the limit
+    /// cuts them into; the pieces' lengths.
+    fn pieces(
+        limit: &mut FrameLimit,
+        stream: &[u8],
+        chunk: usize,
+    ) -> Result<Vec<usize>, FrameTooLarge> {
+        let mut lengths = Vec::new();
+        for mut c in stream.chunks(chunk) {
+            while !c.is_empty() {
+                let n = limit.next_piece(c)?;
+                assert!((1..=c.len()).contains(&n));
+                lengths.push(n);
+                c = &c[n..];
+            }
+        }
+        Ok(lengths)
+    }
+
+    fn feed(limit: &mut FrameLimit, stream: &[u8], chunk: usize) -> Result<(), FrameTooLarge> {
+        pieces(limit, stream, chunk).map(drop)
     }
 
     #[test]
@@ -207,10 +244,10 @@ mod tests {
         }
         // At the limit exactly: fine.
         let mut limit = FrameLimit::request(1024);
-        assert_eq!(limit.observe(&frame(0x01, 1024)), Ok(()));
+        assert_eq!(limit.next_piece(&frame(0x01, 1024)), Ok(3));
         // An 8-byte length varint.
         let mut limit = FrameLimit::request(1024);
-        assert!(limit.observe(&frame(0x01, 1 << 61)).is_err());
+        assert!(limit.next_piece(&frame(0x01, 1 << 61)).is_err());
     }
 
     #[test]
@@ -234,5 +271,38 @@ mod tests {
             let mut limit = FrameLimit::unidirectional(4096);
             assert_eq!(feed(&mut limit, &other, 1), Ok(()));
         }
+    }
+
+    #[test]
+    fn pieces_end_at_frame_boundaries() {
+        // Tiny DATA frames in one chunk: header, payload, header, ...
+        let mut stream = frame(0x01, 2);
+        stream.extend([1, 2]);
+        for _ in 0..3 {
+            stream.extend(frame(DATA, 1));
+            stream.push(9);
+        }
+        let mut limit = FrameLimit::request(1024);
+        assert_eq!(
+            pieces(&mut limit, &stream, 1000),
+            Ok(vec![2, 2, 2, 1, 2, 1, 2, 1])
+        );
+        // A payload longer than the chunk: the chunk whole.
+        let mut stream = frame(DATA, 3000);
+        stream.extend([0; 3000]);
+        let mut limit = FrameLimit::request(1024);
+        assert_eq!(
+            pieces(&mut limit, &stream, 1200),
+            Ok(vec![3, 1197, 1200, 603])
+        );
+    }
+
+    #[test]
+    fn a_webtransport_stream_is_not_read_as_frames() {
+        let mut stream = var(WEBTRANSPORT_STREAM);
+        stream.extend(var(4)); // a session ID, not a length
+        stream.extend(frame(0x21, 1 << 20)); // its data: not frames
+        let mut limit = FrameLimit::request(1024);
+        assert_eq!(feed(&mut limit, &stream, 1), Ok(()));
     }
 }

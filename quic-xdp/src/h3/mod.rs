@@ -238,6 +238,8 @@ impl<B: Buf> quic::SendStream<B> for H3SendStream<B> {
 pub struct H3RecvStream {
     stream: RecvStream,
     limit: FrameLimit,
+    /// The rest of a chunk, after the piece h3 got (see `FrameLimit`).
+    pending: Option<Bytes>,
     /// A request stream's sending half, to refuse the request whole.
     reply: Option<SendStream>,
 }
@@ -250,6 +252,7 @@ impl H3RecvStream {
         Self {
             stream,
             limit,
+            pending: None,
             reply: None,
         }
     }
@@ -260,7 +263,8 @@ impl H3RecvStream {
         tracing::debug!(stream = %self.stream.id(), ?too_large, "frame over the limit");
         let _ = self.stream.stop(H3_EXCESSIVE_LOAD);
         if let Some(reply) = &mut self.reply {
-            let _ = reply.reset(H3_EXCESSIVE_LOAD);
+            // Not a response already finished (h3 may read on after it).
+            reply.reset_unless_finished(H3_EXCESSIVE_LOAD);
         }
         StreamErrorIncoming::StreamTerminated {
             error_code: H3_EXCESSIVE_LOAD.into_inner(),
@@ -280,13 +284,23 @@ impl quic::RecvStream for H3RecvStream {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
-        let chunk = ready!(self.stream.poll_chunk(cx, usize::MAX)).map_err(read_error)?;
-        if let Some(chunk) = &chunk
-            && let Err(too_large) = self.limit.observe(chunk)
-        {
-            return Poll::Ready(Err(self.refuse(too_large)));
+        let mut chunk = match self.pending.take() {
+            Some(rest) => rest,
+            None => match ready!(self.stream.poll_chunk(cx, usize::MAX)).map_err(read_error)? {
+                Some(chunk) => chunk,
+                None => return Poll::Ready(Ok(None)),
+            },
+        };
+        match self.limit.next_piece(&chunk) {
+            Ok(n) => {
+                let piece = chunk.split_to(n);
+                if !chunk.is_empty() {
+                    self.pending = Some(chunk);
+                }
+                Poll::Ready(Ok(Some(piece)))
+            }
+            Err(too_large) => Poll::Ready(Err(self.refuse(too_large))),
         }
-        Poll::Ready(Ok(chunk))
     }
 
     fn stop_sending(&mut self, error_code: u64) {
