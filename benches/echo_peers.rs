@@ -55,19 +55,24 @@ pub enum Server {
     QuicXdpOverXdp,
     QuicXdpOverUdp,
     QuinnOverUdp,
+    /// Over XDP with every transmit on AF_XDP (no GSO batches through the
+    /// kernel socket): what `batches_through_kernel` saves.
+    QuicXdpOverXdpFramesOnly,
 }
 
 impl Server {
-    pub const ALL: [Server; 3] = [
+    pub const ALL: [Server; 4] = [
         Self::QuicXdpOverXdp,
         Self::QuicXdpOverUdp,
         Self::QuinnOverUdp,
+        Self::QuicXdpOverXdpFramesOnly,
     ];
     pub fn name(self) -> &'static str {
         match self {
             Self::QuicXdpOverXdp => "quic-xdp, XDP",
             Self::QuicXdpOverUdp => "quic-xdp, kernel UDP",
             Self::QuinnOverUdp => "quinn, kernel UDP",
+            Self::QuicXdpOverXdpFramesOnly => "quic-xdp, XDP, frames only",
         }
     }
 }
@@ -87,19 +92,21 @@ pub fn start(
 ) -> anyhow::Result<Running> {
     let listen = SocketAddr::new("::".parse()?, PORT);
     match server {
-        Server::QuicXdpOverXdp | Server::QuicXdpOverUdp => {
-            let mode = if server == Server::QuicXdpOverXdp {
-                quic_xdp::Mode::Xdp
-            } else {
+        Server::QuicXdpOverXdp | Server::QuicXdpOverUdp | Server::QuicXdpOverXdpFramesOnly => {
+            let mode = if server == Server::QuicXdpOverUdp {
                 quic_xdp::Mode::Udp
+            } else {
+                quic_xdp::Mode::Xdp
             };
+            let frames_only = server == Server::QuicXdpOverXdpFramesOnly;
             let builder = quic_xdp::Endpoint::builder(listen)
                 .interface(TestNet::SERVER_IF)
                 .mode(mode)
                 .certificate(certs.chain(), certs.key())
                 .crypto_provider(crypto.provider())
                 .alpn([ALPN])
-                .datapath(datapath);
+                .datapath(datapath)
+                .datapath(|c| c.batches_through_kernel = !frames_only);
             let ep = net.server.run(|| builder.bind())?;
             // Run to completion: the echo runs on the engine thread.
             ep.serve(|conn| async move {

@@ -66,7 +66,7 @@ struct Args {
     /// X25519MLKEM768 post-quantum hybrid key exchange).
     #[arg(long, value_enum, default_value_t = Crypto::Ring)]
     crypto: Crypto,
-    /// Servers to measure (default: all three).
+    /// Servers to measure, by row (default: all).
     #[arg(long, value_delimiter = ',')]
     servers: Option<Vec<usize>>,
     #[arg(long, hide = true)]
@@ -185,7 +185,7 @@ fn main() -> anyhow::Result<()> {
 
     // results[workload][server]: one sample per round; ceilings[datapath].
     let mut ceilings: Vec<Vec<Sample>> = vec![Vec::new(); 2];
-    let mut results: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); 3]; 3];
+    let mut results: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); Server::ALL.len()]; 3];
     for round in 0..args.rounds {
         for (i, server) in Server::ALL.into_iter().enumerate() {
             if args.servers.as_ref().is_some_and(|s| !s.contains(&i)) {

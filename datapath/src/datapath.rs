@@ -79,6 +79,13 @@ pub struct DatapathConfig {
     /// Write every datagram received and sent to this pcap file (tcpdump
     /// does not see steered traffic).
     pub capture: Option<std::path::PathBuf>,
+    /// In copy mode, a batch of datagrams for one peer leaves through the
+    /// kernel socket with UDP GSO rather than through AF_XDP: copy mode
+    /// makes one skb per frame, GSO one per batch (on veth the kernel
+    /// also runs the peer's receive path once per skb, on our CPU). Small
+    /// transmits, and all of them in zero-copy mode, use AF_XDP. On by
+    /// default.
+    pub batches_through_kernel: bool,
 }
 
 impl DatapathConfig {
@@ -98,6 +105,7 @@ impl DatapathConfig {
             initial_rate: None,
             source_policy: SourcePolicy::default(),
             capture: None,
+            batches_through_kernel: true,
         }
     }
 
@@ -286,6 +294,7 @@ impl Datapath {
             port: listen.port(),
             default_src: Some(listen.ip().to_canonical()).filter(|ip| !ip.is_unspecified()),
             capture,
+            batches_through_kernel: config.batches_through_kernel,
         };
         let mut queues: Vec<Box<dyn PacketIo>> = Vec::new();
         let mut all_zero_copy = true;

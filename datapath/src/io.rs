@@ -77,6 +77,12 @@ pub trait PacketIo: Send {
     /// How many datagrams one `send` may carry as a `segment_size` batch.
     fn max_segments(&self) -> usize;
 
+    /// Whether a batch of datagrams (a `segment_size` transmit of two or
+    /// more) is better sent through the group's kernel socket with GSO.
+    fn batches_through_kernel(&self) -> bool {
+        false
+    }
+
     /// What kind of queue this is.
     fn kind(&self) -> &QueueKind;
 
@@ -135,22 +141,31 @@ pub fn wait_readable(queues: &[Box<dyn PacketIo>], timeout: Duration) -> io::Res
 /// address (no route through its interface, or the next hop not resolved
 /// yet: `HostUnreachable`) leaves through the group's kernel socket
 /// instead. The kernel holds it while it resolves the next hop; once the
-/// neighbour is known, later datagrams take the AF_XDP path again.
+/// neighbour is known, later datagrams take the AF_XDP path again. A batch
+/// that the queue would rather not send (copy mode) goes through the
+/// kernel socket with GSO.
 pub fn send_or_through_kernel(
     queues: &mut [Box<dyn PacketIo>],
     queue: usize,
     t: &Transmit<'_>,
 ) -> io::Result<()> {
+    let kernel = queues
+        .iter()
+        .position(|q| !matches!(q.kind(), QueueKind::Xsk { .. }))
+        .filter(|&k| k != queue);
+    let batch = t.segment_size.is_some_and(|size| t.contents.len() > size);
+    if batch
+        && queues[queue].batches_through_kernel()
+        && let Some(k) = kernel
+        && segments(t).count() <= queues[k].max_segments()
+    {
+        return queues[k].send(t);
+    }
     match queues[queue].send(t) {
-        Err(e) if e.kind() == io::ErrorKind::HostUnreachable => {
-            let kernel = queues
-                .iter()
-                .position(|q| !matches!(q.kind(), QueueKind::Xsk { .. }));
-            match kernel {
-                Some(k) if k != queue => queues[k].send(t),
-                _ => Err(e),
-            }
-        }
+        Err(e) if e.kind() == io::ErrorKind::HostUnreachable => match kernel {
+            Some(k) => queues[k].send(t),
+            None => Err(e),
+        },
         other => other,
     }
 }
@@ -189,5 +204,106 @@ mod tests {
         assert_eq!(segs, [25]);
         let segs: Vec<_> = segments(&transmit(&[], None)).map(<[u8]>::len).collect();
         assert_eq!(segs, [0]);
+    }
+
+    /// Sends as the tests see them: (queue name, datagrams).
+    type Log = Arc<std::sync::Mutex<Vec<(&'static str, usize)>>>;
+
+    /// A queue that records what it was asked to send.
+    struct Recording {
+        name: &'static str,
+        kind: QueueKind,
+        batches_through_kernel: bool,
+        log: Log,
+        counters: Arc<QueueCounters>,
+    }
+
+    impl Recording {
+        fn xsk(batches_through_kernel: bool, log: &Log) -> Box<dyn PacketIo> {
+            Box::new(Self {
+                name: "xsk",
+                kind: QueueKind::Xsk {
+                    interface: "veth".into(),
+                    queue: 0,
+                    zero_copy: false,
+                },
+                batches_through_kernel,
+                log: log.clone(),
+                counters: Arc::default(),
+            })
+        }
+
+        fn kernel(log: &Log) -> Box<dyn PacketIo> {
+            Box::new(Self {
+                name: "kernel",
+                kind: QueueKind::SteeringMiss {
+                    local: "[::]:4433".parse().unwrap(),
+                },
+                batches_through_kernel: false,
+                log: log.clone(),
+                counters: Arc::default(),
+            })
+        }
+    }
+
+    impl PacketIo for Recording {
+        fn recv(&mut self, _: &mut dyn FnMut(&RxMeta, &[u8])) -> io::Result<usize> {
+            Ok(0)
+        }
+        fn send(&mut self, t: &Transmit<'_>) -> io::Result<()> {
+            self.log
+                .lock()
+                .unwrap()
+                .push((self.name, segments(t).count()));
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn raw_fd(&self) -> RawFd {
+            -1
+        }
+        fn max_datagram_size(&self, _: &SocketAddr) -> usize {
+            1452
+        }
+        fn max_segments(&self) -> usize {
+            32
+        }
+        fn batches_through_kernel(&self) -> bool {
+            self.batches_through_kernel
+        }
+        fn kind(&self) -> &QueueKind {
+            &self.kind
+        }
+        fn counters(&self) -> &Arc<QueueCounters> {
+            &self.counters
+        }
+    }
+
+    #[test]
+    fn batches_leave_through_the_kernel_socket_when_the_queue_asks() {
+        let data = [1u8; 40_000];
+        for through_kernel in [true, false] {
+            let log = Log::default();
+            let mut queues = vec![
+                Recording::xsk(through_kernel, &log),
+                Recording::kernel(&log),
+            ];
+            let mut send = |len, segment_size| {
+                send_or_through_kernel(&mut queues, 0, &transmit(&data[..len], segment_size))
+                    .unwrap()
+            };
+            send(3000, Some(1000));
+            // One datagram, or a "batch" of one, stays on AF_XDP.
+            send(900, None);
+            send(900, Some(1000));
+            // More segments than the kernel socket takes at once: AF_XDP.
+            send(33_000, Some(1000));
+            let batch_queue = if through_kernel { "kernel" } else { "xsk" };
+            assert_eq!(
+                *log.lock().unwrap(),
+                [(batch_queue, 3), ("xsk", 1), ("xsk", 1), ("xsk", 33)]
+            );
+        }
     }
 }

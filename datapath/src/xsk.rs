@@ -79,6 +79,9 @@ pub struct XskSettings {
     pub default_src: Option<IpAddr>,
     /// Where received and sent frames are also written (pcap), if asked.
     pub capture: Option<Arc<crate::capture::Capture>>,
+    /// Copy mode: batches go through the kernel socket (see
+    /// `DatapathConfig::batches_through_kernel`).
+    pub batches_through_kernel: bool,
 }
 
 /// Where each frame of the UMEM is, at one moment.
@@ -563,6 +566,17 @@ impl PacketIo for XskQueue {
 
     fn max_segments(&self) -> usize {
         MAX_SEGMENTS
+    }
+
+    fn batches_through_kernel(&self) -> bool {
+        self.settings.batches_through_kernel
+            && matches!(
+                self.kind,
+                QueueKind::Xsk {
+                    zero_copy: false,
+                    ..
+                }
+            )
     }
 
     fn kind(&self) -> &QueueKind {
