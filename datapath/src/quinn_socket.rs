@@ -111,6 +111,19 @@ impl XdpUdpSocket {
     /// unresolved) leaves through the kernel socket.
     fn send(&self, t: &Transmit<'_>) -> io::Result<()> {
         let mut first = lock(&self.queues[0]);
+        // Copy mode: a batch is cheaper as one GSO send through the kernel
+        // (see `DatapathConfig::batches_through_kernel`).
+        let batch = t.segment_size.is_some_and(|size| t.contents.len() > size);
+        if batch && first.batches_through_kernel() && self.queues.len() > 1 {
+            drop(first);
+            let mut kernel = lock(self.queues.last().expect("a kernel socket"));
+            if crate::io::segments(t).count() <= kernel.max_segments() {
+                kernel.send(t)?;
+                return kernel.flush();
+            }
+            drop(kernel);
+            first = lock(&self.queues[0]);
+        }
         let sent = match first.send(t) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // Room comes back as the kernel completes what it sent.
