@@ -105,6 +105,9 @@ fn ceiling(net: &TestNet, mode: quic_xdp::Mode, args: &Args) -> anyhow::Result<S
     let mut config = DatapathConfig::new(SocketAddr::new("::".parse()?, PORT));
     config.interface = Some(TestNet::SERVER_IF.into());
     config.mode = mode;
+    // Raw frames: the echo's batches would otherwise leave through the
+    // kernel socket in copy mode, and the row would not be AF_XDP's.
+    config.batches_through_kernel = false;
     let server = net.server.spawn(move || -> anyhow::Result<()> {
         // Counted with the other server threads (comm "bench-server").
         // SAFETY: PR_SET_NAME with a NUL-terminated name of <= 16 bytes.

@@ -63,6 +63,8 @@ fn start_server(net: &TestNet, mode: Mode) -> anyhow::Result<(Server, ActiveMode
         let mut config = DatapathConfig::new(SocketAddr::new("::".parse().unwrap(), PORT));
         config.interface = Some(TestNet::SERVER_IF.into());
         config.mode = mode;
+        // The AF_XDP path itself: no batches through the kernel socket.
+        config.batches_through_kernel = false;
         match Datapath::open(&config) {
             Ok(mut dp) => {
                 tx.send(Ok(dp.mode().clone())).unwrap();
