@@ -109,10 +109,14 @@ fn testnet(config: TestNetConfig) -> Option<TestNet> {
     datapath::testbed::privileged().then(|| TestNet::create(&config).unwrap())
 }
 
+/// XDP on the server's veth, every transmit on AF_XDP (these tests are
+/// about that path; `batches_leave_through_the_kernel_in_copy_mode` covers
+/// the default).
 fn xdp_config(listen: &str) -> DatapathConfig {
     let mut c = DatapathConfig::new(listen.parse().unwrap());
     c.interface = Some(TestNet::SERVER_IF.into());
     c.mode = Mode::Xdp;
+    c.batches_through_kernel = false;
     c
 }
 
@@ -210,6 +214,31 @@ fn echo_over_xdp_ipv4_and_ipv6_small_and_mtu_sized() {
         );
         assert_frames_balanced(&report);
     }
+}
+
+/// The default in copy mode: echoes batched for one peer leave through the
+/// kernel socket with GSO; every echo still arrives, and all of them were
+/// received over AF_XDP.
+#[test]
+fn batches_leave_through_the_kernel_in_copy_mode() {
+    let Some(net) = testnet(TestNetConfig::default()) else {
+        return;
+    };
+    let mut config = xdp_config("[::]:4433");
+    config.batches_through_kernel = true;
+    let server = EchoServer::start(&net, config).unwrap();
+    let r = load(&net, net.server_addr(false, PORT), 5000, 1200, 1024);
+    assert_all_echoed(&r, 5000, "batched");
+    let report = server.stop();
+    let (xsk, kernel) = (report.xsk(), report.misses());
+    assert_eq!(xsk.rx_packets, 5000, "{xsk}");
+    assert_eq!(xsk.tx_packets + kernel.tx_packets, 5000, "{xsk} / {kernel}");
+    assert!(
+        kernel.tx_packets > 1000,
+        "batches through the kernel: {kernel}"
+    );
+    assert_eq!(kernel.rx_packets, 0, "nothing escapes steering: {kernel}");
+    assert_frames_balanced(&report);
 }
 
 /// ECN codepoints survive the trip both ways: read from the IP header on
