@@ -93,6 +93,9 @@ pub struct ServerArgs {
     /// file (steered traffic never reaches tcpdump). Flushed at exit.
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
+    /// With --pcap: stop capturing before the file exceeds this size.
+    #[arg(long, value_name = "MIB", default_value_t = 1024, requires = "pcap")]
+    pub pcap_max_mib: u64,
     /// Write a qlog trace of each connection into this directory (one
     /// file per connection; with --user, writable by that user).
     #[arg(long, value_name = "DIR")]
@@ -218,8 +221,11 @@ impl ServerArgs {
                 .with_context(|| format!("creating the qlog directory {}", dir.display()))?;
             builder = builder.qlog_dir(dir);
         }
-        let capture = self.pcap.clone();
-        builder = builder.datapath(move |c| c.capture = capture);
+        let (capture, max_bytes) = (self.pcap.clone(), self.pcap_max_mib.saturating_mul(1 << 20));
+        builder = builder.datapath(move |c| {
+            c.capture = capture;
+            c.capture_max_bytes = max_bytes;
+        });
         let policy = self.source_policy()?;
         builder = builder.datapath(move |c| c.source_policy = policy);
         if let Some(per_second) = self.initial_rate {

@@ -26,10 +26,21 @@ use crate::{
     wire::{FrameRoute, MAX_HEADER_LEN, emit_udp_headers},
 };
 
+/// pcap's file header and per-packet record header.
+const PCAP_HEADER_LEN: u64 = 24;
+const PACKET_HEADER_LEN: u64 = 16;
+
 /// A pcap file the queues write to (shared by every queue).
 pub struct Capture {
-    /// None once a write failed: capture stops, the endpoint goes on.
-    writer: Mutex<Option<PcapWriter<BufWriter<File>>>>,
+    /// None once a write failed or the file is full: capture stops, the
+    /// endpoint goes on.
+    writer: Mutex<Option<Writer>>,
+}
+
+struct Writer {
+    pcap: PcapWriter<BufWriter<File>>,
+    /// Bytes the file may still grow by.
+    room: u64,
 }
 
 impl fmt::Debug for Capture {
@@ -41,9 +52,10 @@ impl fmt::Debug for Capture {
 impl Capture {
     /// Creates (truncates) `path` and writes the pcap header (Ethernet).
     /// Not through a symbolic link, and readable by the owner only: it
-    /// holds whatever peers send. Nothing bounds its size: capture is for
-    /// debugging.
-    pub fn create(path: &Path) -> io::Result<Arc<Self>> {
+    /// holds whatever peers send. Capture stops (with a warning) before the
+    /// file would exceed `max_bytes`: peers must not be able to fill the
+    /// disk.
+    pub fn create(path: &Path, max_bytes: u64) -> io::Result<Arc<Self>> {
         use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -60,9 +72,12 @@ impl Capture {
             snaplen: 262_144,
             ..PcapHeader::default()
         };
-        let writer = PcapWriter::with_header(file, header).map_err(io::Error::other)?;
+        let pcap = PcapWriter::with_header(file, header).map_err(io::Error::other)?;
         Ok(Arc::new(Self {
-            writer: Mutex::new(Some(writer)),
+            writer: Mutex::new(Some(Writer {
+                pcap,
+                room: max_bytes.saturating_sub(PCAP_HEADER_LEN),
+            })),
         }))
     }
 
@@ -105,11 +120,18 @@ impl Capture {
             return;
         };
         let data: Vec<u8> = parts.concat();
+        let record = PACKET_HEADER_LEN + data.len() as u64;
+        if record > w.room {
+            tracing::warn!("pcap capture stopped: the file reached its size limit");
+            *writer = None;
+            return;
+        }
+        w.room -= record;
         let since_epoch = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
         let packet = PcapPacket::new(since_epoch, data.len() as u32, &data);
-        if let Err(e) = w.write_packet(&packet) {
+        if let Err(e) = w.pcap.write_packet(&packet) {
             tracing::warn!(error = %e, "pcap capture stopped");
             *writer = None;
         }
@@ -123,10 +145,41 @@ impl Drop for Capture {
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(w) = writer.take() {
-            let mut file = w.into_writer();
+            let mut file = w.pcap.into_writer();
             if let Err(e) = io::Write::flush(&mut file) {
                 tracing::warn!(error = %e, "flushing the pcap capture");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pcap_file::pcap::PcapReader;
+
+    use super::*;
+
+    #[test]
+    fn capture_stops_before_the_file_exceeds_its_limit() {
+        let dir = std::env::temp_dir().join(format!("qx-capture-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("limited.pcap");
+        // Room for the file header and two 100-byte frames, not three.
+        let limit = PCAP_HEADER_LEN + 2 * (PACKET_HEADER_LEN + 100) + 50;
+        let capture = Capture::create(&path, limit).unwrap();
+        for _ in 0..5 {
+            capture.frame(&[7; 100]);
+        }
+        drop(capture);
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(size, PCAP_HEADER_LEN + 2 * (PACKET_HEADER_LEN + 100));
+        let mut reader = PcapReader::new(File::open(&path).unwrap()).unwrap();
+        let mut frames = 0;
+        while let Some(packet) = reader.next_packet() {
+            assert_eq!(packet.unwrap().data.len(), 100);
+            frames += 1;
+        }
+        assert_eq!(frames, 2);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -79,6 +79,8 @@ pub struct DatapathConfig {
     /// Write every datagram received and sent to this pcap file (tcpdump
     /// does not see steered traffic).
     pub capture: Option<std::path::PathBuf>,
+    /// The largest the capture file may grow: capture stops there.
+    pub capture_max_bytes: u64,
     /// In copy mode, a batch of datagrams for one peer leaves through the
     /// kernel socket with UDP GSO rather than through AF_XDP: copy mode
     /// makes one skb per frame, GSO one per batch (on veth the kernel
@@ -105,6 +107,7 @@ impl DatapathConfig {
             initial_rate: None,
             source_policy: SourcePolicy::default(),
             capture: None,
+            capture_max_bytes: 1 << 30,
             batches_through_kernel: true,
         }
     }
@@ -431,7 +434,7 @@ fn open_capture(config: &DatapathConfig) -> Result<Option<Arc<crate::capture::Ca
         .capture
         .as_deref()
         .map(|path| {
-            crate::capture::Capture::create(path).map_err(|e| {
+            crate::capture::Capture::create(path, config.capture_max_bytes).map_err(|e| {
                 Error::Config(format!("cannot write the capture {}: {e}", path.display()))
             })
         })
