@@ -1,6 +1,6 @@
 //! Client for `echo-server` (or any QUIC echo with the same ALPN): opens
 //! connections and streams, checks every echoed byte, reports throughput.
-//! Runs on quinn over kernel UDP.
+//! Runs on quinn, over kernel UDP or (`--xdp IFACE`) over AF_XDP.
 
 use std::{
     net::SocketAddr,
@@ -42,9 +42,16 @@ struct Args {
     /// Datagrams to echo per connection.
     #[arg(long, default_value_t = 0)]
     datagrams: usize,
+    /// Send and receive through AF_XDP on this interface (quinn over the
+    /// quic-xdp datapath: an XDP program steers the client's port), so the
+    /// kernel's UDP path does not limit the load. Needs root or CAP_BPF +
+    /// CAP_NET_ADMIN.
+    #[arg(long, value_name = "IFACE")]
+    xdp: Option<String>,
 }
 
 mod common;
+mod quinn_xdp;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -71,7 +78,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "[::]:0"
     }
     .parse()?;
-    let mut client = quinn::Endpoint::client(bind)?;
+    let mut client = match &args.xdp {
+        None => quinn::Endpoint::client(bind)?,
+        Some(interface) => quinn_xdp::endpoint(bind, interface, None)?,
+    };
     client.set_default_client_config(config);
 
     let args = Arc::new(args);
