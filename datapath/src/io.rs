@@ -153,8 +153,7 @@ pub fn send_or_through_kernel(
         .iter()
         .position(|q| !matches!(q.kind(), QueueKind::Xsk { .. }))
         .filter(|&k| k != queue);
-    let batch = t.segment_size.is_some_and(|size| t.contents.len() > size);
-    if batch
+    if is_batch(t)
         && queues[queue].batches_through_kernel()
         && let Some(k) = kernel
         && segments(t).count() <= queues[k].max_segments()
@@ -168,6 +167,11 @@ pub fn send_or_through_kernel(
         },
         other => other,
     }
+}
+
+/// Whether `t` stands for two or more datagrams (a GSO batch).
+pub(crate) fn is_batch(t: &Transmit<'_>) -> bool {
+    t.segment_size.is_some_and(|size| t.contents.len() > size)
 }
 
 /// `Transmit::contents` split into the datagrams it stands for.

@@ -113,8 +113,7 @@ impl XdpUdpSocket {
         let mut first = lock(&self.queues[0]);
         // Copy mode: a batch is cheaper as one GSO send through the kernel
         // (see `DatapathConfig::batches_through_kernel`).
-        let batch = t.segment_size.is_some_and(|size| t.contents.len() > size);
-        if batch && first.batches_through_kernel() && self.queues.len() > 1 {
+        if crate::io::is_batch(t) && first.batches_through_kernel() && self.queues.len() > 1 {
             drop(first);
             let mut kernel = lock(self.queues.last().expect("a kernel socket"));
             if crate::io::segments(t).count() <= kernel.max_segments() {

@@ -268,7 +268,7 @@ impl EndpointBuilder {
             ));
         }
         let quic = self.quic_config()?;
-        let needed = 2 + crate::cid::MIN_RANDOM_LEN;
+        let needed = crate::cid::MIN_NONCE_LEN;
         if let Some(config) = &self.quic_lb
             && config.nonce_len() < needed
         {

@@ -34,7 +34,9 @@ const ROUTING_LEN: usize = 2;
 /// The fewest random bytes after them. A CID drawn twice would give two
 /// clients the same stateless reset token (and the draft forbids reusing
 /// a nonce under one key): with 6 random bytes that takes ~20 million CIDs.
-pub(crate) const MIN_RANDOM_LEN: usize = 6;
+const MIN_RANDOM_LEN: usize = 6;
+/// The shortest QUIC-LB nonce that holds both.
+pub(crate) const MIN_NONCE_LEN: usize = ROUTING_LEN + MIN_RANDOM_LEN;
 /// The PRF key's length.
 pub(crate) const CID_KEY_LEN: usize = 16;
 
@@ -60,7 +62,7 @@ impl CidScheme {
     /// CIDs in the QUIC-LB format of `config`, whose nonce must have room
     /// for the routing bytes and `MIN_RANDOM_LEN` random ones.
     pub fn with_quic_lb(mut self, config: QuicLbConfig) -> Self {
-        assert!(config.nonce_len() >= ROUTING_LEN + MIN_RANDOM_LEN);
+        assert!(config.nonce_len() >= MIN_NONCE_LEN);
         self.quic_lb = Some(config);
         self
     }
