@@ -241,6 +241,16 @@ pub struct Sample {
     pub p99_us: f64,
 }
 
+impl Sample {
+    /// A workload that was not measured.
+    pub const NONE: Sample = Sample {
+        rate: f64::NAN,
+        cpu_us: f64::NAN,
+        p50_us: f64::NAN,
+        p99_us: f64::NAN,
+    };
+}
+
 /// Runs `work`, which returns (units done, latencies in us); the rate is
 /// units per second, scaled by `unit_scale` for display.
 pub async fn measure<F>(work: F, cpu_unit: f64, rate_scale: f64) -> anyhow::Result<Sample>

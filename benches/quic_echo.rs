@@ -69,8 +69,18 @@ struct Args {
     /// Servers to measure, by row (default: all).
     #[arg(long, value_delimiter = ',')]
     servers: Option<Vec<usize>>,
+    /// Workloads to measure (default: all), e.g. to profile one alone.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    workloads: Option<Vec<Workload>>,
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Workload {
+    Bulk,
+    Rr,
+    Handshakes,
 }
 
 /// The datapaths whose ceiling is measured, in order.
@@ -199,17 +209,23 @@ fn main() -> anyhow::Result<()> {
             })
             .with_context(|| server.name())?;
             let client = client(&net, &client_rt, &certs.ca_der(), args.crypto)?;
+            let selected = |w| args.workloads.as_ref().is_none_or(|ws| ws.contains(&w));
             let samples = client_rt.block_on(async {
                 let conn = client.connect(target, "localhost")?.await?;
-                let b = measure(bulk(&conn, &args), 1e6, 8.0 / 1e6).await?;
-                let rr = measure(
-                    request_response(&conn, args.secs, args.concurrency),
-                    1.0,
-                    1.0,
-                )
-                .await?;
+                let mut b = Sample::NONE;
+                if selected(Workload::Bulk) {
+                    b = measure(bulk(&conn, &args), 1e6, 8.0 / 1e6).await?;
+                }
+                let mut rr = Sample::NONE;
+                if selected(Workload::Rr) {
+                    let work = request_response(&conn, args.secs, args.concurrency);
+                    rr = measure(work, 1.0, 1.0).await?;
+                }
                 conn.close(0u32.into(), b"");
-                let hs = measure(handshakes(&client, target, &args), 1.0, 1.0).await?;
+                let mut hs = Sample::NONE;
+                if selected(Workload::Handshakes) {
+                    hs = measure(handshakes(&client, target, &args), 1.0, 1.0).await?;
+                }
                 client.wait_idle().await;
                 anyhow::Ok([b, rr, hs])
             })?;
@@ -244,7 +260,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    if results[0].iter().any(Vec::is_empty) {
+    if args.workloads.is_some() || results[0].iter().any(Vec::is_empty) {
         return Ok(()); // a subset was measured: no comparison table
     }
     let workloads = [

@@ -39,6 +39,13 @@ use crate::{
 /// How long a closing endpoint waits for its connections to drain.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
+/// Datagrams one connection may send in one pass; the rest waits for the
+/// next, after the ACKs received meanwhile (quinn's connection driver
+/// does the same, with 20). A whole congestion window at once arrives as
+/// one burst that overruns the peer's socket buffer, and makes every
+/// other connection and the receive path wait behind it.
+const TRANSMIT_BUDGET: usize = 32;
+
 /// Where the core's transmits go: the engine's datapath queues, or memory.
 pub(crate) trait Outbox {
     /// Queues `t` on `queue`. `WouldBlock`: no room now, offer it again
@@ -384,8 +391,9 @@ impl EngineCore {
     }
 
     /// Runs every touched connection as far as it goes now, transmitting
-    /// into `out`; returns true if a transmit waits for room there (the
-    /// connection stays touched for the next pass).
+    /// into `out`; returns true if a transmit waits for room there. Such
+    /// a connection, and one that spent its pass's budget, stays touched
+    /// for the next pass (`has_more`).
     pub fn drive_touched(&mut self, now: Instant, out: &mut dyn Outbox) -> bool {
         let mut touched = std::mem::take(&mut self.touched);
         touched.sort_unstable();
@@ -416,6 +424,7 @@ impl EngineCore {
         let was_connected = st.connected;
         let mut drained = false;
         let mut out = out;
+        let mut more = false;
         let blocked = loop {
             while let Some(event) = st.inner.poll_endpoint_events() {
                 drained |= event.is_drained();
@@ -432,6 +441,10 @@ impl EngineCore {
             match transmit(&mut st, now, out, &mut self.tx_buf) {
                 Transmitted::Nothing => break false,
                 Transmitted::Blocked => break true,
+                Transmitted::Budget => {
+                    more = true;
+                    break false;
+                }
                 Transmitted::Some => {}
             }
         };
@@ -468,8 +481,9 @@ impl EngineCore {
             }
             st.timer = next;
         }
-        if blocked {
-            // Try again next pass, once the queue has drained.
+        if blocked || more {
+            // Try again next pass, once the queue has drained or the
+            // other connections had their turn.
             self.touched.push(h);
         }
         blocked
@@ -488,6 +502,11 @@ impl EngineCore {
                 tracing::debug!(error = %e, "stateless response dropped");
             }
         }
+    }
+
+    /// Connections left with something to send after `drive_touched`.
+    pub fn has_more(&self) -> bool {
+        !self.touched.is_empty()
     }
 
     /// When the earliest connection timer fires.
@@ -534,10 +553,12 @@ enum Transmitted {
     Nothing,
     Some,
     Blocked,
+    /// `TRANSMIT_BUDGET` datagrams sent; there may be more.
+    Budget,
 }
 
-/// Moves the connection's datagrams into `out` until it has no more, or
-/// `out` no room.
+/// Moves the connection's datagrams into `out` until it has no more, `out`
+/// no room, or the pass's budget is spent.
 fn transmit(
     st: &mut ConnState,
     now: Instant,
@@ -552,12 +573,15 @@ fn transmit(
         st.pending_transmit = Some(p);
         return Transmitted::Blocked;
     }
-    let max_segments = out.max_segments(queue);
-    let mut sent_any = false;
+    let max_segments = out.max_segments(queue).min(TRANSMIT_BUDGET);
+    let mut sent = 0;
     loop {
+        if sent >= TRANSMIT_BUDGET {
+            return Transmitted::Budget;
+        }
         tx_buf.clear();
         let Some(t) = st.inner.poll_transmit(now, max_segments, tx_buf) else {
-            return if sent_any {
+            return if sent > 0 {
                 Transmitted::Some
             } else {
                 Transmitted::Nothing
@@ -574,7 +598,7 @@ fn transmit(
             // Dropped and counted by the datapath; QUIC recovers.
             Err(e) => tracing::debug!(error = %e, "transmit dropped"),
         }
-        sent_any = true;
+        sent += t.segment_size.map_or(1, |s| t.size.div_ceil(s));
     }
 }
 
@@ -614,6 +638,172 @@ impl PendingTransmit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records every datagram the core transmits.
+    #[derive(Default)]
+    struct Recorder {
+        datagrams: Vec<Vec<u8>>,
+    }
+
+    impl Outbox for Recorder {
+        fn send(&mut self, _queue: usize, t: &Transmit<'_>) -> io::Result<()> {
+            let size = t.segment_size.unwrap_or(t.contents.len());
+            self.datagrams
+                .extend(t.contents.chunks(size).map(<[u8]>::to_vec));
+            Ok(())
+        }
+
+        fn max_segments(&self, _queue: usize) -> usize {
+            64
+        }
+    }
+
+    /// A quinn-proto client in memory, connected to `core` by ferrying
+    /// datagrams both ways.
+    struct Client {
+        endpoint: ProtoEndpoint,
+        conn: quinn_proto::Connection,
+        handle: ConnectionHandle,
+    }
+
+    const CLIENT: SocketAddr =
+        SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)), 5000);
+    const SERVER: SocketAddr =
+        SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2)), 4433);
+
+    impl Client {
+        /// What the client sends, into the core, then one engine pass.
+        fn send_to(&mut self, core: &mut EngineCore, now: Instant, out: &mut Recorder) {
+            let mut buf = Vec::new();
+            while let Some(t) = self.conn.poll_transmit(now, 1, &mut buf) {
+                core.handle(now, 0, CLIENT, SERVER.ip(), None, &buf[..t.size]);
+                buf.clear();
+            }
+            core.admit_new(now);
+            core.collect_dirty_and_expired(now);
+            core.process_touched(now);
+            core.drive_touched(now, out);
+            core.send_responses(out);
+        }
+
+        /// What the core sent, into the client.
+        fn receive_from(&mut self, now: Instant, out: &mut Recorder) {
+            let mut buf = Vec::new();
+            for d in out.datagrams.drain(..) {
+                let d = BytesMut::from(&d[..]);
+                if let Some(DatagramEvent::ConnectionEvent(_, event)) =
+                    self.endpoint.handle(now, SERVER, None, None, d, &mut buf)
+                {
+                    self.conn.handle_event(event);
+                }
+            }
+            while let Some(event) = self.conn.poll_endpoint_events() {
+                if let Some(event) = self.endpoint.handle_event(self.handle, event) {
+                    self.conn.handle_event(event);
+                }
+            }
+            while self.conn.poll().is_some() {}
+        }
+    }
+
+    /// A connection with much to send sends at most `TRANSMIT_BUDGET`
+    /// datagrams per pass and stays touched (`has_more`) until done.
+    #[test]
+    fn a_connection_sends_at_most_its_budget_per_pass() {
+        // A window so large that neither congestion control nor pacing
+        // stops the sender before the budget does.
+        let mut transport = quinn_proto::TransportConfig::default();
+        transport.congestion_controller_factory(Arc::new(
+            quinn_proto::congestion::CubicConfig::default()
+                .initial_window(8 << 20)
+                .clone(),
+        ));
+        let mut builder = crate::EndpointBuilder::new(SERVER)
+            .alpn(["echo"])
+            .transport_config(transport);
+        let quic = builder.quic_config().expect("development identity");
+        let ca = quic.dev_ca.clone().expect("a development CA");
+        let (mut protos, _) = quic.endpoints(1, None);
+        let handler = ServeHandler::default();
+        let accept_all: Handler = Arc::new(|_| Box::pin(async {}));
+        let _ = handler.set(accept_all);
+        let shared = Arc::new(EngineShared::new(Default::default()));
+        let mut core = EngineCore::new(
+            protos.remove(0),
+            shared,
+            Arc::new(builder.admission()),
+            handler,
+        );
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).expect("CA");
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tls.alpn_protocols = vec![b"echo".to_vec()];
+        let client_config = quinn_proto::ClientConfig::new(Arc::new(
+            quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS"),
+        ));
+        let mut endpoint = ProtoEndpoint::new(Default::default(), None, false, None);
+        let mut now = Instant::now();
+        let (handle, conn) = endpoint
+            .connect(now, client_config, SERVER, "localhost")
+            .expect("connect");
+        let mut client = Client {
+            endpoint,
+            conn,
+            handle,
+        };
+        let mut out = Recorder::default();
+        for _ in 0..10 {
+            now += Duration::from_micros(100);
+            client.send_to(&mut core, now, &mut out);
+            now += Duration::from_micros(100);
+            client.receive_from(now, &mut out);
+        }
+        assert!(!client.conn.is_handshaking(), "handshake completed");
+        let served: Vec<Connecting> = core.take_served().collect();
+        assert_eq!(served.len(), 1);
+
+        // The server writes 256 KiB on a stream of its own.
+        let (&h, conn) = core.conns.iter().next().expect("the connection");
+        {
+            let mut st = conn.lock();
+            let id = st
+                .inner
+                .streams()
+                .open(quinn_proto::Dir::Uni)
+                .expect("a stream");
+            let written = st
+                .inner
+                .send_stream(id)
+                .write(&[7u8; 256 << 10])
+                .expect("write");
+            assert_eq!(written, 256 << 10, "flow control allows it all");
+        }
+        core.touched.push(h);
+        let (mut passes, mut total) = (0, 0);
+        loop {
+            now += Duration::from_micros(100);
+            core.drive_touched(now, &mut out);
+            let sent = out.datagrams.len();
+            assert!(sent <= TRANSMIT_BUDGET, "pass {passes}: {sent} datagrams");
+            total += sent;
+            passes += 1;
+            out.datagrams.clear();
+            if !core.has_more() {
+                break;
+            }
+            assert_eq!(sent, TRANSMIT_BUDGET, "only a full budget leaves more");
+            assert!(passes < 100, "the stream is sent");
+        }
+        assert!(total >= (256 << 10) / 1500, "{total} datagrams");
+        assert!(passes > 1, "{passes} passes");
+    }
 
     /// A few retained bytes of a datagram must not pin a large shared
     /// arena: each datagram's buffer is its own, sized to it.

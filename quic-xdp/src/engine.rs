@@ -177,7 +177,11 @@ impl Engine {
             }
             blocked_passes = if blocked { blocked_passes + 1 } else { 0 };
             if received == 0 {
-                if blocked && blocked_passes <= BLOCKED_YIELDS {
+                if !blocked && self.core.has_more() {
+                    // Connections that spent their budget go on after the
+                    // other tasks had a turn.
+                    tokio::task::yield_now().await;
+                } else if blocked && blocked_passes <= BLOCKED_YIELDS {
                     // Room frees up as the kernel sends: let the other
                     // tasks run, then try again.
                     tokio::task::yield_now().await;
