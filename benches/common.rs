@@ -79,6 +79,17 @@ pub fn quantile(samples: &mut [f64], q: f64) -> f64 {
     samples[((samples.len() - 1) as f64 * q).round() as usize]
 }
 
+/// CPU time (user + system) of this process's children that have exited
+/// and been waited for (getrusage RUSAGE_CHILDREN).
+pub fn children_cpu() -> std::time::Duration {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .expect("getrusage(RUSAGE_CHILDREN)");
+    let tv = |t: nix::sys::time::TimeVal| {
+        std::time::Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000)
+    };
+    tv(usage.user_time()) + tv(usage.system_time())
+}
+
 /// CPU time (user + system) process `pid` has used so far, all its
 /// threads included (/proc/PID/stat, clock-tick resolution).
 pub fn process_cpu(pid: u32) -> anyhow::Result<std::time::Duration> {

@@ -230,6 +230,9 @@ pub async fn echo(conn: &quinn::Connection, data: &[u8]) -> anyhow::Result<()> {
 
 /// The server threads whose CPU time is counted.
 pub const SERVER_THREADS: &[&str] = &["bench-server", "quic-xdp-engine"];
+/// The client's runtime threads: their CPU per unit shows how much of the
+/// two cores the load generator itself takes.
+pub const CLIENT_THREADS: &[&str] = &["bench-client"];
 
 /// One workload's result in one round.
 #[derive(Clone, Copy, Default)]
@@ -237,6 +240,8 @@ pub struct Sample {
     pub rate: f64,
     /// Server CPU microseconds per unit (request, handshake, or MB).
     pub cpu_us: f64,
+    /// The same for the client (the load generator).
+    pub client_cpu_us: f64,
     pub p50_us: f64,
     pub p99_us: f64,
 }
@@ -246,6 +251,7 @@ impl Sample {
     pub const NONE: Sample = Sample {
         rate: f64::NAN,
         cpu_us: f64::NAN,
+        client_cpu_us: f64::NAN,
         p50_us: f64::NAN,
         p99_us: f64::NAN,
     };
@@ -258,15 +264,20 @@ where
     F: std::future::Future<Output = anyhow::Result<(f64, Vec<f64>)>>,
 {
     let cpu_before = crate::common::ThreadCpu::sample(SERVER_THREADS);
+    let client_before = crate::common::ThreadCpu::sample(CLIENT_THREADS);
     let start = Instant::now();
     let (units, mut latencies) = work.await?;
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = crate::common::ThreadCpu::sample(SERVER_THREADS)
         .since(&cpu_before)
         .as_secs_f64();
+    let client_cpu = crate::common::ThreadCpu::sample(CLIENT_THREADS)
+        .since(&client_before)
+        .as_secs_f64();
     Ok(Sample {
         rate: units / elapsed * rate_scale,
         cpu_us: cpu * 1e6 / (units / cpu_unit),
+        client_cpu_us: client_cpu * 1e6 / (units / cpu_unit),
         p50_us: crate::common::quantile(&mut latencies, 0.5),
         p99_us: crate::common::quantile(&mut latencies, 0.99),
     })

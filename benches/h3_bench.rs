@@ -5,7 +5,9 @@
 //! from a client namespace, in one run, alternating round by round. The
 //! body is /bytes/N: served from memory (no file I/O, no per-request
 //! generation). Server CPU: the server process's utime + stime over the
-//! load, per completed request. Threads: each server as shipped
+//! load, per completed request; client CPU the same for h3-load, which
+//! shares the two cores with the server and bounds what a cheaper server
+//! gains in rate. Threads: each server as shipped
 //! (quinn-h3-server on a tokio runtime with one worker per core;
 //! h3-server with one engine thread per rx queue, one on veth, and an idle
 //! main runtime).
@@ -132,16 +134,21 @@ fn start(net: &TestNet, bin: &Path, extra: &[&str], dir: &Path) -> anyhow::Resul
     bail!("{} exited before listening", bin.display())
 }
 
-/// One load run: req/s, p50 ms, p99 ms, errors, requests.
+/// One load run: req/s, p50 ms, p99 ms, errors, requests, and the load
+/// generator's CPU time.
 struct Run {
     rps: f64,
     p50: f64,
     p99: f64,
     errors: u64,
     requests: f64,
+    client_cpu: std::time::Duration,
 }
 
 fn load(net: &TestNet, args: &Args, dir: &Path) -> anyhow::Result<Run> {
+    // h3-load is the only child reaped during the run (the server is
+    // reaped after it): the children's CPU time grows by its own.
+    let children_before = common::children_cpu();
     let out = net
         .client
         .command(binary("h3-load")?)
@@ -162,6 +169,7 @@ fn load(net: &TestNet, args: &Args, dir: &Path) -> anyhow::Result<Run> {
             &[]
         })
         .output()?;
+    let client_cpu = common::children_cpu().saturating_sub(children_before);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json: serde_json::Value =
         serde_json::from_str(&stdout[stdout.find("\n{").context("h3-load summary")? + 1..])?;
@@ -174,6 +182,7 @@ fn load(net: &TestNet, args: &Args, dir: &Path) -> anyhow::Result<Run> {
         p99: json["latency_ms"]["p99"].as_f64().unwrap_or_default(),
         errors,
         requests: json["requests_ok"].as_f64().unwrap_or_default(),
+        client_cpu,
     })
 }
 
@@ -187,6 +196,7 @@ fn main() -> anyhow::Result<()> {
     let mut p50 = vec![Vec::new(); SERVERS.len()];
     let mut p99 = vec![Vec::new(); SERVERS.len()];
     let mut cpu = vec![Vec::new(); SERVERS.len()];
+    let mut client_cpu = vec![Vec::new(); SERVERS.len()];
     let mut errors = vec![0u64; SERVERS.len()];
     for round in 0..args.rounds {
         for (i, (name, bin, extra)) in SERVERS.iter().enumerate() {
@@ -196,10 +206,12 @@ fn main() -> anyhow::Result<()> {
             let used = common::process_cpu(server.pid())? - before;
             drop(server);
             let us_per_req = used.as_secs_f64() * 1e6 / run.requests.max(1.0);
+            let client_us = run.client_cpu.as_secs_f64() * 1e6 / run.requests.max(1.0);
             eprintln!(
-                "round {round}: {name:<34} {:>8.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {us_per_req:.0} us CPU/req, {} errors",
+                "round {round}: {name:<34} {:>8.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {us_per_req:.0} us CPU/req (client {client_us:.0}), {} errors",
                 run.rps, run.p50, run.p99, run.errors
             );
+            client_cpu[i].push(client_us);
             rps[i].push(run.rps);
             p50[i].push(run.p50);
             p99[i].push(run.p99);
@@ -223,12 +235,12 @@ fn main() -> anyhow::Result<()> {
         args.rounds
     );
     println!(
-        "| server | req/s | req/s vs quinn | p50 ms | p99 ms | p99 vs quinn | server CPU us/req | CPU vs quinn | errors |"
+        "| server | req/s | req/s vs quinn | p50 ms | p99 ms | p99 vs quinn | server CPU us/req | CPU vs quinn | client CPU us/req | errors |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (i, (name, ..)) in SERVERS.iter().enumerate() {
         println!(
-            "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {} |",
+            "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.0} | {} |",
             common::spread(&rps[i], 0),
             med(&rps[i]) / med(&rps[reference]),
             med(&p50[i]),
@@ -236,6 +248,7 @@ fn main() -> anyhow::Result<()> {
             med(&p99[i]) / med(&p99[reference]),
             med(&cpu[i]),
             med(&cpu[i]) / med(&cpu[reference]),
+            med(&client_cpu[i]),
             errors[i]
         );
     }
