@@ -6,7 +6,9 @@
 //! - short Initials: client Initials in 200-byte datagrams (RFC 9000 14.1:
 //!   to be dropped);
 //! - garbage Initials: 1200-byte Initials with random DCIDs and garbage
-//!   payload (each costs an Initial key derivation before decryption fails).
+//!   payload (each costs an Initial key derivation before decryption fails);
+//! - other-version Initials: 1200-byte first packets of version 0x1a2a3a4a,
+//!   answered with Version Negotiation (by quic-xdp's XDP program, XDP_TX).
 //!
 //! For each kind: the server threads' CPU time per flood frame (flood
 //! alone), and the request/response rate of a real quinn client during the
@@ -73,16 +75,25 @@ enum Flood {
     Junk,
     ShortInitial,
     GarbageInitial,
+    /// First packets of another QUIC version: quic-xdp's program answers
+    /// them (Version Negotiation, XDP_TX), quinn answers from user space.
+    OtherVersion,
 }
 
 impl Flood {
-    const ALL: [Flood; 3] = [Self::Junk, Self::ShortInitial, Self::GarbageInitial];
+    const ALL: [Flood; 4] = [
+        Self::Junk,
+        Self::ShortInitial,
+        Self::GarbageInitial,
+        Self::OtherVersion,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Self::Junk => "junk short headers, 100 B",
             Self::ShortInitial => "Initials in 200 B datagrams",
             Self::GarbageInitial => "garbage Initials, 1200 B",
+            Self::OtherVersion => "other-version Initials, 1200 B",
         }
     }
 
@@ -109,6 +120,11 @@ impl Flood {
                         payload[..6].copy_from_slice(&[0xc3, 0, 0, 0, 1, 8]);
                         payload[14..17].copy_from_slice(&[0, 0, 0]);
                     }
+                    // Version 0x1a2a3a4a; 8-byte DCID, no SCID.
+                    Self::OtherVersion => {
+                        payload[..6].copy_from_slice(&[0xc3, 0x1a, 0x2a, 0x3a, 0x4a, 8]);
+                        payload[14] = 0;
+                    }
                 }
                 let mut header = [0u8; MAX_HEADER_LEN];
                 let n = emit_udp_headers(&mut header, &route, src, dst, None, &payload);
@@ -121,7 +137,7 @@ impl Flood {
         match self {
             Self::Junk => 100,
             Self::ShortInitial => 200,
-            Self::GarbageInitial => 1200,
+            Self::GarbageInitial | Self::OtherVersion => 1200,
         }
     }
 }
@@ -213,7 +229,7 @@ struct FloodSample {
     /// Client requests/s during the flood.
     rr_during: f64,
     /// For quic-xdp: flood frames the XDP program dropped / sent.
-    xdp_dropped: f64,
+    xdp_handled: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -243,8 +259,11 @@ fn main() -> anyhow::Result<()> {
                 Running::Quinn(_) => None,
             };
             let client = client(&net, &client_rt, &certs.ca_der(), Crypto::Ring)?;
-            let conn = client_rt
-                .block_on(async { anyhow::Ok(client.connect(target, "localhost")?.await?) })?;
+            let connect = || {
+                client_rt
+                    .block_on(async { anyhow::Ok(client.connect(target, "localhost")?.await?) })
+            };
+            let mut conn = connect()?;
             let rr = |conn: &quinn::Connection| {
                 client_rt.block_on(measure(
                     request_response(conn, args.secs, args.concurrency),
@@ -265,38 +284,52 @@ fn main() -> anyhow::Result<()> {
                 let cpu = common::ThreadCpu::sample(SERVER_THREADS)
                     .since(&cpu_before)
                     .as_secs_f64();
-                let xdp_dropped = match (before, steering(&running)) {
+                let xdp_handled = match (before, steering(&running)) {
                     (Some(b), Some(a)) => {
                         let d = a.since(&b);
-                        let dropped = d.get(SteerReason::DropNotQuic)
+                        // Dropped, or answered (Version Negotiation), in
+                        // the program: never seen by the endpoint.
+                        let handled = d.get(SteerReason::DropNotQuic)
                             + d.get(SteerReason::DropShortInitial)
-                            + d.get(SteerReason::DropInitialRate);
-                        let accounted = dropped + d.get(SteerReason::Redirected);
+                            + d.get(SteerReason::DropInitialRate)
+                            + d.get(SteerReason::TxVersionNegotiation);
+                        let accounted = handled + d.get(SteerReason::Redirected);
                         anyhow::ensure!(
                             accounted >= sent,
                             "XDP verdicts account for {accounted} of {sent} frames: {d}"
                         );
-                        dropped as f64 / sent as f64
+                        handled as f64 / sent as f64
                     }
                     _ => f64::NAN,
                 };
                 let flooder = Flooder::start(&net, kind);
                 let during = rr(&conn);
                 flooder.stop()?;
+                // A flood may starve the client's connection until it times
+                // out: no request completed then, and the next measurement
+                // needs a new connection.
+                let during = match during {
+                    Ok(sample) => sample.rate,
+                    Err(e) => {
+                        eprintln!("round {round}: connection lost during the flood: {e}");
+                        conn = connect()?;
+                        0.0
+                    }
+                };
                 let sample = FloodSample {
                     flood_rate: sent as f64 / args.secs,
                     cpu_us_per_frame: cpu * 1e6 / sent as f64,
-                    rr_during: during?.rate,
-                    xdp_dropped,
+                    rr_during: during,
+                    xdp_handled,
                 };
                 eprintln!(
-                    "round {round}: {:<44} {:<28} {:>7.0} frames/s, {:.3} us CPU/frame, rr {:>6.0} req/s during (quiet {quiet:.0}), XDP dropped {:.2}",
+                    "round {round}: {:<44} {:<28} {:>7.0} frames/s, {:.3} us CPU/frame, rr {:>6.0} req/s during (quiet {quiet:.0}), handled in XDP {:.2}",
                     server_name((server, rate)),
                     kind.name(),
                     sample.flood_rate,
                     sample.cpu_us_per_frame,
                     sample.rr_during,
-                    sample.xdp_dropped
+                    sample.xdp_handled
                 );
                 results[s][k].push(sample);
             }
@@ -311,7 +344,7 @@ fn main() -> anyhow::Result<()> {
         args.rounds, args.concurrency
     );
     println!(
-        "| flood | server | flood frames/s | server CPU us/frame | CPU vs quinn | rr during flood | vs quinn | rr without flood | dropped in XDP |"
+        "| flood | server | flood frames/s | server CPU us/frame | CPU vs quinn | rr during flood | vs quinn | rr without flood | handled in XDP (dropped or answered) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let med = |v: Vec<f64>| common::median(v);
@@ -331,7 +364,7 @@ fn main() -> anyhow::Result<()> {
                 common::spread(&field(s, |x| x.rr_during), 0),
                 med(field(s, |x| x.rr_during)) / med(field(quinn, |x| x.rr_during)),
                 med(baseline[s].clone()),
-                med(field(s, |x| x.xdp_dropped)),
+                med(field(s, |x| x.xdp_handled)),
             );
         }
     }

@@ -15,6 +15,12 @@
 // XDP_PASS fallback hands the datagram to the kernel, where the
 // port-reservation socket still receives it.
 //
+// In front of the socket, what cannot be served is dropped (XDP_DROP:
+// denied sources, datagrams too short for QUIC, connection attempts in
+// datagrams under 1200 bytes, sources over their Initial rate), and a
+// client that offers another QUIC version is answered from here with
+// Version Negotiation (XDP_TX).
+//
 // Userspace (datapath/src/program.rs) fills STEER_TARGETS, XSKS and the
 // SOURCE_POLICY maps and reads STEER_STATS. Keep the layouts below in sync with it.
 
@@ -56,11 +62,12 @@ enum steer_reason {
     STEER_PASS_IP_OPTIONS = 10, // IPv4 options (source routes...): kernel rules
     STEER_PASS_MARTIAN = 11,  // impossible source address or source MAC
     STEER_DROP_NOT_QUIC = 12, // shorter than any QUIC packet to us can be
-    STEER_DROP_SHORT_INITIAL = 13, // client Initial in a datagram < 1200 B
+    STEER_DROP_SHORT_INITIAL = 13, // connection attempt in a datagram < 1200 B
     STEER_DROP_INITIAL_RATE = 14,  // source over its Initial rate limit
     STEER_DROP_DENIED = 15,        // source in a denied prefix
     STEER_DROP_NOT_ALLOWED = 16,   // an allow list exists; source not in it
-    STEER_REASONS = 17,
+    STEER_TX_VERSION_NEGOTIATION = 17, // another QUIC version: answered here
+    STEER_REASONS = 18,
 };
 
 // Largest frame an AF_XDP socket can take (its UMEM frame size less
@@ -76,6 +83,17 @@ volatile const __u32 MAX_FRAME_LEN = 0;
 // RFC 9000 14.1: a client's Initial travels in a datagram of >= 1200 bytes.
 #define MIN_INITIAL_DATAGRAM 1200
 #define QUIC_V1 0x00000001
+// Longest connection ID QUIC v1 allows (RFC 9000 17.2). Other versions may
+// use up to 255 bytes (RFC 8999); those are left to the endpoint.
+#define MAX_CID_LEN 20
+#define CID_MASK 0x1f
+// A CID length (1..=20) as the verifier can bound it, even when reloaded
+// unchecked from the stack: 1..=32.
+#define CID_COPY(n) ((((n) - 1) & CID_MASK) + 1)
+// Where the QUIC payload starts: IP headers without options or extension
+// headers reach this far.
+#define QUIC_OFF_V4 (sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr))
+#define QUIC_OFF_V6 (sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + sizeof(struct udphdr))
 
 // Per-source Initial rate limit (GCRA): one Initial per
 // INITIAL_INTERVAL_NS on average, bursts up to INITIAL_BURST_NS ahead of
@@ -242,6 +260,124 @@ static __always_inline int initial_allowed(struct source_key *src)
     return 1;
 }
 
+static __always_inline __u16 csum_fold(__s64 sum)
+{
+    __u32 s = (__u32)sum;
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    return (__u16)~s;
+}
+
+// Answers a long header packet of a version other than v1 with a Version
+// Negotiation packet (RFC 9000 17.2.1, RFC 8999 6) listing v1, sent back
+// from here (XDP_TX): the frame is rewritten in place, addresses, ports
+// and MACs swapped, connection IDs echoed. Nothing is kept. Returns -1,
+// with the frame untouched, when it cannot (a connection ID longer than
+// v1 allows): the endpoint decides then. The frame must end with the
+// datagram of `quic_len` bytes (checked by the caller).
+static __always_inline int version_negotiation(struct xdp_md *ctx, int v6, __u32 quic_len)
+{
+    __u32 quic_off = v6 ? QUIC_OFF_V6 : QUIC_OFF_V4;
+    __u32 udp_off = quic_off - sizeof(struct udphdr);
+    // Lengths are masked where used (CID_MASK) as well as checked: the
+    // compiler may reload them from the stack, where the verifier no
+    // longer knows the check, and the mask alone keeps every copy inside
+    // these buffers.
+    __u8 dcid[CID_MASK + 1], scid[CID_MASK + 1];
+    __u8 dl, sl;
+
+    if (bpf_xdp_load_bytes(ctx, quic_off + 5, &dl, 1) || dl > MAX_CID_LEN)
+        return -1;
+    if (dl && bpf_xdp_load_bytes(ctx, quic_off + 6, dcid, CID_COPY(dl)))
+        return -1;
+    if (bpf_xdp_load_bytes(ctx, quic_off + 6 + (dl & CID_MASK), &sl, 1) || sl > MAX_CID_LEN)
+        return -1;
+    if (sl && bpf_xdp_load_bytes(ctx, quic_off + 7 + (dl & CID_MASK), scid, CID_COPY(sl)))
+        return -1;
+    dl &= CID_MASK;
+    sl &= CID_MASK;
+
+    // Long header form with the unused bits arbitrary, version 0, the
+    // client's source CID as destination and its destination CID as
+    // source, then the versions supported.
+    __u8 head[6] = {0x80 | (bpf_get_prandom_u32() & 0x7f), 0, 0, 0, 0, sl};
+    __be32 supported = bpf_htonl(QUIC_V1);
+    __u32 vn_len = sizeof(head) + sl + 1 + dl + sizeof(supported);
+    if (bpf_xdp_store_bytes(ctx, quic_off, head, sizeof(head)))
+        return XDP_ABORTED;
+    if (sl && bpf_xdp_store_bytes(ctx, quic_off + 6, scid, CID_COPY(sl)))
+        return XDP_ABORTED;
+    if (bpf_xdp_store_bytes(ctx, quic_off + 6 + (sl & CID_MASK), &dl, 1))
+        return XDP_ABORTED;
+    if (dl && bpf_xdp_store_bytes(ctx, quic_off + 7 + (sl & CID_MASK), dcid, CID_COPY(dl)))
+        return XDP_ABORTED;
+    if (bpf_xdp_store_bytes(ctx, quic_off + 7 + (sl & CID_MASK) + (dl & CID_MASK), &supported,
+                            sizeof(supported)))
+        return XDP_ABORTED;
+    if (bpf_xdp_adjust_tail(ctx, (int)vn_len - (int)quic_len))
+        return XDP_ABORTED;
+
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    struct udphdr *udp;
+    __u16 udp_len = sizeof(*udp) + vn_len;
+    __s64 sum;
+    // Bounds checked per family, with constant offsets the verifier sees.
+    if (v6) {
+        if (data + QUIC_OFF_V6 > end)
+            return XDP_ABORTED;
+        struct ipv6hdr *ip6 = (void *)(eth + 1);
+        struct in6_addr addr = ip6->saddr;
+        ip6->saddr = ip6->daddr;
+        ip6->daddr = addr;
+        ip6->priority = 0;
+        __builtin_memset(ip6->flow_lbl, 0, sizeof(ip6->flow_lbl));
+        ip6->payload_len = bpf_htons(udp_len);
+        ip6->hop_limit = 64;
+        sum = bpf_csum_diff(0, 0, (__be32 *)&ip6->saddr, 32, 0);
+        udp = (void *)(ip6 + 1);
+    } else {
+        if (data + QUIC_OFF_V4 > end)
+            return XDP_ABORTED;
+        struct iphdr *ip = (void *)(eth + 1);
+        __be32 addr = ip->saddr;
+        ip->saddr = ip->daddr;
+        ip->daddr = addr;
+        ip->tos = 0;
+        ip->tot_len = bpf_htons(sizeof(*ip) + udp_len);
+        ip->id = 0;
+        ip->frag_off = bpf_htons(0x4000); // DF
+        ip->ttl = 64;
+        ip->check = 0;
+        ip->check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
+        sum = bpf_csum_diff(0, 0, (__be32 *)&ip->saddr, 8, 0);
+        udp = (void *)(ip + 1);
+    }
+    __u8 mac[ETH_ALEN];
+    __builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
+    __builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, mac, ETH_ALEN);
+    __be16 port = udp->source;
+    udp->source = udp->dest;
+    udp->dest = port;
+    udp->len = bpf_htons(udp_len);
+    udp->check = 0;
+
+    // The rest of the pseudo-header (protocol, UDP length) sums the same
+    // for both families; then the datagram, zero-padded.
+    __u8 pseudo[4] = {0, IPPROTO_UDP, udp_len >> 8, udp_len & 0xff};
+    sum = bpf_csum_diff(0, 0, (__be32 *)pseudo, sizeof(pseudo), (__wsum)sum);
+    __u8 datagram[128] = {};
+    if (udp_len > sizeof(datagram) ||
+        bpf_xdp_load_bytes(ctx, udp_off, datagram, ((udp_len - 1) & 0x7f) + 1))
+        return XDP_ABORTED;
+    sum = bpf_csum_diff(0, 0, (__be32 *)datagram, sizeof(datagram), (__wsum)sum);
+    __u16 check = csum_fold(sum);
+    udp->check = check ? check : 0xffff;
+    return verdict(STEER_TX_VERSION_NEGOTIATION, XDP_TX);
+}
+
 SEC("xdp")
 int xdp_steer(struct xdp_md *ctx)
 {
@@ -344,13 +480,27 @@ int xdp_steer(struct xdp_md *ctx)
         return verdict(STEER_DROP_NOT_QUIC, XDP_DROP);
     if ((void *)(quic + 5) > end)
         return verdict(STEER_PASS_MALFORMED, XDP_PASS);
+    __u32 version = (__u32)quic[1] << 24 | (__u32)quic[2] << 16 | (__u32)quic[3] << 8 | quic[4];
+    // A long header of another version (not a Version Negotiation packet,
+    // version 0) can only be a client's first packet.
+    int other_version = (quic[0] & 0x80) && version != QUIC_V1 && version != 0;
     // Long header, version 1, type Initial (bits 0x30 clear).
-    if ((quic[0] & 0xb0) == 0x80 && quic[1] == 0 && quic[2] == 0 && quic[3] == 0 &&
-        quic[4] == QUIC_V1) {
+    if (((quic[0] & 0xb0) == 0x80 && version == QUIC_V1) || other_version) {
         if (quic_len < MIN_INITIAL_DATAGRAM)
             return verdict(STEER_DROP_SHORT_INITIAL, XDP_DROP);
         if (!initial_allowed(&src))
             return verdict(STEER_DROP_INITIAL_RATE, XDP_DROP);
+    }
+    // Only a frame that ends with its datagram: nothing unchecked is sent
+    // back after the reply.
+    if (other_version && (void *)quic + quic_len == end) {
+        int action = version_negotiation(ctx, key.family == 6, quic_len);
+        if (action >= 0)
+            return action;
+        // Packet pointers are stale after the helper calls: the frame is
+        // unchanged, but the verifier must see fresh ones.
+        data = (void *)(long)ctx->data;
+        end = (void *)(long)ctx->data_end;
     }
     if (MAX_FRAME_LEN && end - data > MAX_FRAME_LEN)
         return verdict(STEER_PASS_TOO_BIG, XDP_PASS);

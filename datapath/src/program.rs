@@ -174,7 +174,8 @@ pub enum SteerReason {
     PassMartian = 11,
     /// Dropped: shorter than any QUIC datagram to us can be.
     DropNotQuic = 12,
-    /// Dropped: a client Initial in a datagram under 1200 bytes.
+    /// Dropped: a connection attempt (a v1 Initial, or a long header of
+    /// another version) in a datagram under 1200 bytes.
     DropShortInitial = 13,
     /// Dropped: the source is over its Initial rate limit.
     DropInitialRate = 14,
@@ -182,11 +183,14 @@ pub enum SteerReason {
     DropDenied = 15,
     /// Dropped: an allow list exists and the source is not in it.
     DropNotAllowed = 16,
+    /// Sent back (XDP_TX): a Version Negotiation packet answering a client
+    /// that offered a version other than 1.
+    TxVersionNegotiation = 17,
 }
 
 impl SteerReason {
     /// Every reason, in index order.
-    pub const ALL: [SteerReason; 17] = [
+    pub const ALL: [SteerReason; 18] = [
         Self::Redirected,
         Self::PassNoSocket,
         Self::PassNotIp,
@@ -204,6 +208,7 @@ impl SteerReason {
         Self::DropInitialRate,
         Self::DropDenied,
         Self::DropNotAllowed,
+        Self::TxVersionNegotiation,
     ];
 
     /// The reason's snake_case name, as used in metrics and `SteerStats`'
@@ -227,6 +232,7 @@ impl SteerReason {
             Self::DropInitialRate => "drop_initial_rate",
             Self::DropDenied => "drop_denied",
             Self::DropNotAllowed => "drop_not_allowed",
+            Self::TxVersionNegotiation => "tx_version_negotiation",
         }
     }
 }
@@ -583,6 +589,12 @@ impl SteeringProgram {
     /// Runs the program once on `frame` in the kernel (BPF_PROG_TEST_RUN)
     /// and returns its verdict. Nothing is sent or redirected.
     pub fn test_run(&self, frame: &[u8]) -> Result<XdpAction> {
+        Ok(self.test_run_output(frame)?.0)
+    }
+
+    /// Like `test_run`, with the frame as the program left it (what
+    /// XDP_TX would send).
+    pub fn test_run_output(&self, frame: &[u8]) -> Result<(XdpAction, Vec<u8>)> {
         let prog: &Xdp = self
             .ebpf
             .program(PROGRAM_NAME)
@@ -605,7 +617,8 @@ impl SteeringProgram {
         if rc != 0 {
             return Err(std::io::Error::from_raw_os_error(-rc).into());
         }
-        Ok(XdpAction::from(opts.retval))
+        out.truncate(opts.data_size_out as usize);
+        Ok((XdpAction::from(opts.retval), out))
     }
 }
 

@@ -19,7 +19,7 @@ use datapath::{
     ActiveMode, Datapath, DatapathConfig, Error, Mode, QueueKind,
     counters::CounterSnapshot,
     echo::{self, EchoLimits},
-    program::{AttachMode, AttachPreference, SteerStats},
+    program::{AttachMode, AttachPreference, SteerStats, SteeringProgram},
     testbed::RawLink,
     testbed::{EchoLoad, EchoReport, TestNet, TestNetConfig, run_echo_load},
     wire::{FrameRoute, MAX_HEADER_LEN, emit_udp_headers},
@@ -978,4 +978,74 @@ fn a_batch_of_junk_is_not_an_empty_queue() {
     assert_eq!(counters.rx_bad_checksum, 10, "{counters}");
     assert_eq!(taken, 10, "the junk was taken: {counters}");
     assert_eq!(after, 0, "and then the ring is empty");
+}
+
+/// A client that offers another QUIC version gets Version Negotiation
+/// from the XDP program over the real path (XDP_TX back out of the
+/// server's veth) on a plain UDP socket, IPv4 and IPv6; the endpoint's
+/// socket never sees the datagram.
+#[test]
+fn other_versions_get_version_negotiation_over_the_wire() {
+    let Some(net) = testnet(TestNetConfig::default()) else {
+        return;
+    };
+    // veth delivers what a program sends back (XDP_TX) only to a peer
+    // that runs XDP itself (a NIC puts it on the wire): the client's veth
+    // gets a program with no listener, which passes everything.
+    let _client_program = net.client.run(|| {
+        let mut prog =
+            SteeringProgram::load(1, None, EthernetAddress([2, 0x77, 0, 0, 0, 1]), None).unwrap();
+        prog.attach(TestNet::CLIENT_IF, AttachPreference::NativeOnly)
+            .unwrap();
+        prog
+    });
+    let server = EchoServer::start(&net, xdp_config("[::]:4433")).unwrap();
+    let (dcid, scid) = ([1u8, 2, 3, 4, 5, 6, 7, 8], [9u8, 10, 11, 12, 13]);
+    let mut offer = vec![0xc0, 0x1a, 0x2a, 0x3a, 0x4a, dcid.len() as u8];
+    offer.extend_from_slice(&dcid);
+    offer.push(scid.len() as u8);
+    offer.extend_from_slice(&scid);
+    offer.resize(1200, 0);
+    let mut expected = vec![0, 0, 0, 0, scid.len() as u8];
+    expected.extend_from_slice(&scid);
+    expected.push(dcid.len() as u8);
+    expected.extend_from_slice(&dcid);
+    expected.extend_from_slice(&1u32.to_be_bytes());
+    let mut replies = Vec::new();
+    for v6 in [false, true] {
+        let target = net.server_addr(v6, PORT);
+        let reply = net.client.run(|| {
+            let sock = UdpSocket::bind(if v6 { "[::]:0" } else { "0.0.0.0:0" }).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let mut buf = [0u8; 2048];
+            // A few tries: the first may wait on neighbour resolution.
+            for _ in 0..6 {
+                sock.send_to(&offer, target).unwrap();
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    assert_eq!(from, target, "from the server's address and port");
+                    return Some(buf[..n].to_vec());
+                }
+            }
+            None
+        });
+        replies.push((target, reply));
+    }
+    let report = server.stop();
+    let steering = report.steering.unwrap();
+    for (target, reply) in replies {
+        let reply =
+            reply.unwrap_or_else(|| panic!("no Version Negotiation to {target}: {steering}"));
+        assert_eq!(reply[0] & 0x80, 0x80, "long header");
+        assert_eq!(
+            &reply[1..],
+            &expected[..],
+            "Version Negotiation to {target}"
+        );
+    }
+    assert_eq!(report.xsk().rx_packets, 0, "the endpoint saw none of it");
+    assert!(
+        steering.get(datapath::program::SteerReason::TxVersionNegotiation) >= 2,
+        "{steering}"
+    );
 }

@@ -6,7 +6,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use datapath::{
     program::{InitialRate, SteerReason, SteeringProgram, XdpAction},
-    wire::{FrameRoute, MAX_HEADER_LEN, emit_udp_headers},
+    wire::{
+        ChecksumPolicy, FrameRoute, MAX_HEADER_LEN, UdpChecksum, emit_udp_headers, parse_udp_frame,
+    },
 };
 use smoltcp::wire::{EthernetAddress, Ipv4Packet};
 
@@ -457,8 +459,9 @@ fn datagrams_that_cannot_be_served_are_dropped_in_the_program() {
         Pass,
         PassNoSocket,
     );
-    // Other long-header types may be short (Handshake, 0-RTT), and so may
-    // other versions (answered with Version Negotiation by quinn-proto).
+    // Other long-header types may be short (Handshake, 0-RTT). Another
+    // version's first packet may not (RFC 9000 14.1; Version Negotiation
+    // answers only datagrams that could start a connection).
     let mut handshake = initial(100);
     handshake[0] = 0xe3;
     assert_verdict(
@@ -474,8 +477,8 @@ fn datagrams_that_cannot_be_served_are_dropped_in_the_program() {
         &prog,
         "short other version",
         &to_us(&v2),
-        Pass,
-        PassNoSocket,
+        Drop,
+        DropShortInitial,
     );
 
     // Rate limit: 10 Initials/s per source, bursts of 4 beyond that (the
@@ -615,4 +618,120 @@ fn the_source_policy_drops_refused_sources() {
         Pass,
         PassNoSocket,
     );
+}
+
+/// A QUIC payload of `len` bytes: a long header of `version` with these
+/// connection IDs (type bits of an Initial), padded with zeros.
+fn long_header(version: u32, dcid: &[u8], scid: &[u8], len: usize) -> Vec<u8> {
+    let mut p = vec![0xc0];
+    p.extend_from_slice(&version.to_be_bytes());
+    p.push(dcid.len() as u8);
+    p.extend_from_slice(dcid);
+    p.push(scid.len() as u8);
+    p.extend_from_slice(scid);
+    p.resize(len, 0);
+    p
+}
+
+/// A client that offers another QUIC version is answered by the program
+/// itself (XDP_TX): Version Negotiation from our address, port and MAC to
+/// the client's, its connection IDs echoed (destination and source
+/// swapped), version 1 offered, checksums valid. Only that counter moves.
+#[test]
+fn other_versions_get_version_negotiation_from_the_program() {
+    if !datapath::testbed::privileged() {
+        return;
+    }
+    let prog = any_address_program();
+    let client_mac = EthernetAddress([2, 0, 0, 0, 0, 1]);
+    let cids: [(&[u8], &[u8]); 4] = [
+        (&[1, 2, 3, 4, 5, 6, 7, 8], &[9, 10, 11, 12, 13]),
+        (&[], &[]),
+        (&[0xaa; 20], &[0xbb; 20]),
+        (&[7; 20], &[]),
+    ];
+    let peers = [
+        ("10.1.0.1:50000", format!("10.1.0.2:{PORT}")),
+        ("[fd01::1]:50000", format!("[fd01::2]:{PORT}")),
+    ];
+    for (client, server) in &peers {
+        for (dcid, scid) in cids {
+            let name = format!("{client}, CIDs of {} and {}", dcid.len(), scid.len());
+            let payload = long_header(0x1a2a_3a4a, dcid, scid, 1200);
+            let frame = udp_frame(client, server, None, &payload);
+            let before = prog.stats().unwrap();
+            let (action, out) = prog.test_run_output(&frame).unwrap();
+            let delta = prog.stats().unwrap().since(&before);
+            assert_eq!(action, XdpAction::Tx, "{name}");
+            for r in SteerReason::ALL {
+                let want = u64::from(r == SteerReason::TxVersionNegotiation);
+                assert_eq!(delta.get(r), want, "{name}: {}", r.name());
+            }
+            let d = parse_udp_frame(&out, ChecksumPolicy::Verify).expect("a valid frame");
+            assert_eq!(d.checksum, UdpChecksum::Valid, "{name}");
+            assert_eq!((d.src_mac, d.dst_mac), (OUR_MAC, client_mac), "{name}");
+            assert_eq!(d.src, server.parse().unwrap(), "{name}");
+            assert_eq!(d.dst, client.parse().unwrap(), "{name}");
+            let mut vn = vec![0x80];
+            vn.extend_from_slice(&[0; 4]);
+            vn.push(scid.len() as u8);
+            vn.extend_from_slice(scid);
+            vn.push(dcid.len() as u8);
+            vn.extend_from_slice(dcid);
+            vn.extend_from_slice(&1u32.to_be_bytes());
+            assert_eq!(d.payload[0] & 0x80, 0x80, "{name}: long header");
+            assert_eq!(&d.payload[1..], &vn[1..], "{name}: Version Negotiation");
+            // The frame ends with the packet: the rest was cut.
+            assert_eq!(out.len(), frame.len() - payload.len() + vn.len(), "{name}");
+        }
+    }
+
+    // Not answered: a datagram too short to start a connection, a
+    // Version Negotiation packet (version 0) and v1 (the endpoint's), and
+    // connection IDs longer than v1 allows (the endpoint decides).
+    use SteerReason::*;
+    use XdpAction::{Drop, Pass};
+    let v4 = |payload: Vec<u8>| {
+        udp_frame(
+            "10.1.0.1:50000",
+            &format!("10.1.0.2:{PORT}"),
+            None,
+            &payload,
+        )
+    };
+    let cases = [
+        (
+            "short",
+            v4(long_header(0x1a2a_3a4a, &[1; 8], &[2; 8], 1199)),
+            Drop,
+            DropShortInitial,
+        ),
+        (
+            "version 0",
+            v4(long_header(0, &[1; 8], &[2; 8], 1200)),
+            Pass,
+            PassNoSocket,
+        ),
+        (
+            "v1",
+            v4(long_header(1, &[1; 8], &[2; 8], 1200)),
+            Pass,
+            PassNoSocket,
+        ),
+        (
+            "long DCID",
+            v4(long_header(0x1a2a_3a4a, &[1; 21], &[2; 8], 1200)),
+            Pass,
+            PassNoSocket,
+        ),
+        (
+            "long SCID",
+            v4(long_header(0x1a2a_3a4a, &[1; 8], &[2; 21], 1200)),
+            Pass,
+            PassNoSocket,
+        ),
+    ];
+    for (name, frame, action, reason) in cases {
+        assert_verdict(&prog, name, &frame, action, reason);
+    }
 }
