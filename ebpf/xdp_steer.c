@@ -67,7 +67,8 @@ enum steer_reason {
     STEER_DROP_DENIED = 15,        // source in a denied prefix
     STEER_DROP_NOT_ALLOWED = 16,   // an allow list exists; source not in it
     STEER_TX_VERSION_NEGOTIATION = 17, // another QUIC version: answered here
-    STEER_REASONS = 18,
+    STEER_ABORTED = 18,            // a rewrite failed midway (a program bug)
+    STEER_REASONS = 19,
 };
 
 // Largest frame an AF_XDP socket can take (its UMEM frame size less
@@ -100,6 +101,13 @@ volatile const __u32 MAX_FRAME_LEN = 0;
 // that. 0 disables it. Set at load time.
 volatile const __u64 INITIAL_INTERVAL_NS = 0;
 volatile const __u64 INITIAL_BURST_NS = 0;
+
+// Set at load time for a server that speaks only QUIC v1 (quic-xdp's
+// engine): a long header of another version can then only be a client's
+// first packet, answered here with Version Negotiation (or dropped under
+// 1200 bytes). 0 for other users of the program (quinn on the AF_XDP
+// socket, clients): their peers' versions are theirs to judge.
+volatile const __u8 ANSWER_VERSION_NEGOTIATION = 0;
 
 // Source address -> theoretical arrival time of its next Initial (ns).
 // LRU: a flood of spoofed sources evicts old entries, never fills up.
@@ -224,11 +232,14 @@ static __always_inline int martian_v4(__be32 src, __be32 dst)
     return first == 0 || first == 127 || first >= 224 || src == dst;
 }
 
-// Unspecified, loopback, multicast, or IPv4-mapped.
-static __always_inline int martian_v6(const struct in6_addr *src)
+// Unspecified, loopback, multicast, IPv4-mapped, or our own destination.
+static __always_inline int martian_v6(const struct in6_addr *src, const struct in6_addr *dst)
 {
     const __u32 *w = src->in6_u.u6_addr32;
+    const __u32 *d = dst->in6_u.u6_addr32;
     if (src->in6_u.u6_addr8[0] == 0xff)
+        return 1;
+    if (w[0] == d[0] && w[1] == d[1] && w[2] == d[2] && w[3] == d[3])
         return 1;
     if (w[0] == 0 && w[1] == 0) {
         if (w[2] == 0 && (w[3] == 0 || w[3] == bpf_htonl(1)))
@@ -297,25 +308,26 @@ static __always_inline int version_negotiation(struct xdp_md *ctx, int v6, __u32
     dl &= CID_MASK;
     sl &= CID_MASK;
 
-    // Long header form with the unused bits arbitrary, version 0, the
+    // Long header form, the fixed bit set (RFC 9000 17.2.1) and the others
+    // arbitrary, version 0, the
     // client's source CID as destination and its destination CID as
     // source, then the versions supported.
-    __u8 head[6] = {0x80 | (bpf_get_prandom_u32() & 0x7f), 0, 0, 0, 0, sl};
+    __u8 head[6] = {0xc0 | (bpf_get_prandom_u32() & 0x3f), 0, 0, 0, 0, sl};
     __be32 supported = bpf_htonl(QUIC_V1);
     __u32 vn_len = sizeof(head) + sl + 1 + dl + sizeof(supported);
     if (bpf_xdp_store_bytes(ctx, quic_off, head, sizeof(head)))
-        return XDP_ABORTED;
+        return verdict(STEER_ABORTED, XDP_ABORTED);
     if (sl && bpf_xdp_store_bytes(ctx, quic_off + 6, scid, CID_COPY(sl)))
-        return XDP_ABORTED;
+        return verdict(STEER_ABORTED, XDP_ABORTED);
     if (bpf_xdp_store_bytes(ctx, quic_off + 6 + (sl & CID_MASK), &dl, 1))
-        return XDP_ABORTED;
+        return verdict(STEER_ABORTED, XDP_ABORTED);
     if (dl && bpf_xdp_store_bytes(ctx, quic_off + 7 + (sl & CID_MASK), dcid, CID_COPY(dl)))
-        return XDP_ABORTED;
+        return verdict(STEER_ABORTED, XDP_ABORTED);
     if (bpf_xdp_store_bytes(ctx, quic_off + 7 + (sl & CID_MASK) + (dl & CID_MASK), &supported,
                             sizeof(supported)))
-        return XDP_ABORTED;
+        return verdict(STEER_ABORTED, XDP_ABORTED);
     if (bpf_xdp_adjust_tail(ctx, (int)vn_len - (int)quic_len))
-        return XDP_ABORTED;
+        return verdict(STEER_ABORTED, XDP_ABORTED);
 
     void *data = (void *)(long)ctx->data;
     void *end = (void *)(long)ctx->data_end;
@@ -326,7 +338,7 @@ static __always_inline int version_negotiation(struct xdp_md *ctx, int v6, __u32
     // Bounds checked per family, with constant offsets the verifier sees.
     if (v6) {
         if (data + QUIC_OFF_V6 > end)
-            return XDP_ABORTED;
+            return verdict(STEER_ABORTED, XDP_ABORTED);
         struct ipv6hdr *ip6 = (void *)(eth + 1);
         struct in6_addr addr = ip6->saddr;
         ip6->saddr = ip6->daddr;
@@ -339,7 +351,7 @@ static __always_inline int version_negotiation(struct xdp_md *ctx, int v6, __u32
         udp = (void *)(ip6 + 1);
     } else {
         if (data + QUIC_OFF_V4 > end)
-            return XDP_ABORTED;
+            return verdict(STEER_ABORTED, XDP_ABORTED);
         struct iphdr *ip = (void *)(eth + 1);
         __be32 addr = ip->saddr;
         ip->saddr = ip->daddr;
@@ -371,7 +383,7 @@ static __always_inline int version_negotiation(struct xdp_md *ctx, int v6, __u32
     __u8 datagram[128] = {};
     if (udp_len > sizeof(datagram) ||
         bpf_xdp_load_bytes(ctx, udp_off, datagram, ((udp_len - 1) & 0x7f) + 1))
-        return XDP_ABORTED;
+        return verdict(STEER_ABORTED, XDP_ABORTED);
     sum = bpf_csum_diff(0, 0, (__be32 *)datagram, sizeof(datagram), (__wsum)sum);
     __u16 check = csum_fold(sum);
     udp->check = check ? check : 0xffff;
@@ -439,7 +451,7 @@ int xdp_steer(struct xdp_md *ctx)
         // Extension headers (fragments included) are left to the kernel.
         if (ip6->nexthdr != IPPROTO_UDP)
             return verdict(STEER_PASS_NOT_UDP, XDP_PASS);
-        if (martian_v6(&ip6->saddr))
+        if (martian_v6(&ip6->saddr, &ip6->daddr))
             return verdict(STEER_PASS_MARTIAN, XDP_PASS);
         udp = (void *)(ip6 + 1);
         key.family = 6;
@@ -483,7 +495,8 @@ int xdp_steer(struct xdp_md *ctx)
     __u32 version = (__u32)quic[1] << 24 | (__u32)quic[2] << 16 | (__u32)quic[3] << 8 | quic[4];
     // A long header of another version (not a Version Negotiation packet,
     // version 0) can only be a client's first packet.
-    int other_version = (quic[0] & 0x80) && version != QUIC_V1 && version != 0;
+    int other_version =
+        ANSWER_VERSION_NEGOTIATION && (quic[0] & 0x80) && version != QUIC_V1 && version != 0;
     // Long header, version 1, type Initial (bits 0x30 clear).
     if (((quic[0] & 0xb0) == 0x80 && version == QUIC_V1) || other_version) {
         if (quic_len < MIN_INITIAL_DATAGRAM)
@@ -491,9 +504,9 @@ int xdp_steer(struct xdp_md *ctx)
         if (!initial_allowed(&src))
             return verdict(STEER_DROP_INITIAL_RATE, XDP_DROP);
     }
-    // Only a frame that ends with its datagram: nothing unchecked is sent
-    // back after the reply.
-    if (other_version && (void *)quic + quic_len == end) {
+    // Only a frame that ends with its datagram (nothing unchecked is sent
+    // back after the reply), and never to port 0.
+    if (other_version && (void *)quic + quic_len == end && udp->source) {
         int action = version_negotiation(ctx, key.family == 6, quic_len);
         if (action >= 0)
             return action;

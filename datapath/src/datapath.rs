@@ -73,6 +73,12 @@ pub struct DatapathConfig {
     /// Off by default: one address may stand for many clients (NAT, load
     /// generators); set it for what your clients need.
     pub initial_rate: Option<InitialRate>,
+    /// The endpoint is a server that speaks only QUIC v1: the XDP program
+    /// answers other versions' first packets with Version Negotiation
+    /// itself (XDP_TX) and drops them under 1200 bytes. quic-xdp's
+    /// endpoint sets it; off by default (quinn on the AF_XDP socket, which
+    /// may speak other versions, and clients).
+    pub answer_version_negotiation: bool,
     /// Sources allowed or denied the port. Enforced in the XDP program
     /// (nftables never sees steered traffic) and on the kernel sockets.
     pub source_policy: SourcePolicy,
@@ -105,6 +111,7 @@ impl DatapathConfig {
             ring_size: 2048,
             checksum: ChecksumPolicy::Verify,
             initial_rate: None,
+            answer_version_negotiation: false,
             source_policy: SourcePolicy::default(),
             capture: None,
             capture_max_bytes: 1 << 30,
@@ -271,6 +278,7 @@ impl Datapath {
             Some(crate::xsk::MAX_FRAME_LEN),
             info.mac,
             config.initial_rate,
+            config.answer_version_negotiation,
         )?;
         steering.set_local_addresses(&interface_addresses(&name)?)?;
         steering.set_source_policy(&config.source_policy)?;

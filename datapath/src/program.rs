@@ -41,6 +41,7 @@ const MAX_FRAME_GLOBAL: &str = "MAX_FRAME_LEN";
 const MAC_GLOBAL: &str = "IFACE_MAC";
 const INITIAL_INTERVAL_GLOBAL: &str = "INITIAL_INTERVAL_NS";
 const INITIAL_BURST_GLOBAL: &str = "INITIAL_BURST_NS";
+const VERSION_NEGOTIATION_GLOBAL: &str = "ANSWER_VERSION_NEGOTIATION";
 
 /// The smallest burst allowed: one handshake sends several datagrams with
 /// Initials (the first flight, its ACKs, a retransmission, the Initial after
@@ -186,11 +187,13 @@ pub enum SteerReason {
     /// Sent back (XDP_TX): a Version Negotiation packet answering a client
     /// that offered a version other than 1.
     TxVersionNegotiation = 17,
+    /// XDP_ABORTED: a rewrite failed midway (a program bug; never expected).
+    Aborted = 18,
 }
 
 impl SteerReason {
     /// Every reason, in index order.
-    pub const ALL: [SteerReason; 18] = [
+    pub const ALL: [SteerReason; 19] = [
         Self::Redirected,
         Self::PassNoSocket,
         Self::PassNotIp,
@@ -209,6 +212,7 @@ impl SteerReason {
         Self::DropDenied,
         Self::DropNotAllowed,
         Self::TxVersionNegotiation,
+        Self::Aborted,
     ];
 
     /// The reason's snake_case name, as used in metrics and `SteerStats`'
@@ -233,6 +237,7 @@ impl SteerReason {
             Self::DropDenied => "drop_denied",
             Self::DropNotAllowed => "drop_not_allowed",
             Self::TxVersionNegotiation => "tx_version_negotiation",
+            Self::Aborted => "aborted",
         }
     }
 }
@@ -364,12 +369,15 @@ impl SteeringProgram {
     /// from 0 to `max_queues - 1` can be bound. Matching frames longer than
     /// `max_frame_len` (when given) are left to the kernel, and so are
     /// frames whose destination MAC is not `mac` (the interface's). Client
-    /// Initials beyond `initial_rate` per source are dropped.
+    /// Initials beyond `initial_rate` per source are dropped. With
+    /// `answer_version_negotiation` (for a server that speaks only QUIC
+    /// v1), the program answers other versions' first packets itself.
     pub fn load(
         max_queues: u32,
         max_frame_len: Option<u32>,
         mac: EthernetAddress,
         initial_rate: Option<InitialRate>,
+        answer_version_negotiation: bool,
     ) -> Result<Self> {
         let permission = |e: &(dyn std::error::Error + 'static)| is_permission_denied(e);
         let max_frame_len = max_frame_len.unwrap_or(0);
@@ -391,6 +399,11 @@ impl SteeringProgram {
             .override_global(MAC_GLOBAL, &mac.0, true)
             .override_global(INITIAL_INTERVAL_GLOBAL, &interval_ns, true)
             .override_global(INITIAL_BURST_GLOBAL, &burst_ns, true)
+            .override_global(
+                VERSION_NEGOTIATION_GLOBAL,
+                &u8::from(answer_version_negotiation),
+                true,
+            )
             .load(PROGRAM_OBJECT)
             .map_err(|e| {
                 if permission(&e) {

@@ -25,7 +25,8 @@ fn local() -> Vec<IpAddr> {
 }
 
 fn load(max_queues: u32, max_frame_len: Option<u32>) -> SteeringProgram {
-    let mut prog = SteeringProgram::load(max_queues, max_frame_len, OUR_MAC, None).unwrap();
+    // As quic-xdp's endpoint loads it: a server speaking only QUIC v1.
+    let mut prog = SteeringProgram::load(max_queues, max_frame_len, OUR_MAC, None, true).unwrap();
     prog.set_local_addresses(&local()).unwrap();
     prog
 }
@@ -491,6 +492,7 @@ fn datagrams_that_cannot_be_served_are_dropped_in_the_program() {
             per_second: 10,
             burst: 1, // raised to MIN_INITIAL_BURST
         }),
+        true,
     )
     .unwrap();
     limited.set_local_addresses(&local()).unwrap();
@@ -679,7 +681,7 @@ fn other_versions_get_version_negotiation_from_the_program() {
             vn.push(dcid.len() as u8);
             vn.extend_from_slice(dcid);
             vn.extend_from_slice(&1u32.to_be_bytes());
-            assert_eq!(d.payload[0] & 0x80, 0x80, "{name}: long header");
+            assert_eq!(d.payload[0] & 0xc0, 0xc0, "{name}: long header, fixed bit");
             assert_eq!(&d.payload[1..], &vn[1..], "{name}: Version Negotiation");
             // The frame ends with the packet: the rest was cut.
             assert_eq!(out.len(), frame.len() - payload.len() + vn.len(), "{name}");
@@ -733,5 +735,26 @@ fn other_versions_get_version_negotiation_from_the_program() {
     ];
     for (name, frame, action, reason) in cases {
         assert_verdict(&prog, name, &frame, action, reason);
+    }
+
+    // A source port of 0 is never answered.
+    let port_zero = udp_frame(
+        "10.1.0.1:0",
+        &format!("10.1.0.2:{PORT}"),
+        None,
+        &long_header(0x1a2a_3a4a, &[1; 8], &[2; 8], 1200),
+    );
+    assert_verdict(&prog, "port 0", &port_zero, Pass, PassNoSocket);
+
+    // Loaded for an endpoint that may speak other versions (quinn on the
+    // AF_XDP socket, a client), the program leaves every version to it.
+    let mut any_version = SteeringProgram::load(4, None, OUR_MAC, None, false).unwrap();
+    any_version.set_local_addresses(&local()).unwrap();
+    any_version
+        .add_listener(format!("[::]:{PORT}").parse().unwrap())
+        .unwrap();
+    for (name, len) in [("other version", 1200), ("short other version", 100)] {
+        let frame = v4(long_header(0x1a2a_3a4a, &[1; 8], &[2; 8], len));
+        assert_verdict(&any_version, name, &frame, Pass, PassNoSocket);
     }
 }

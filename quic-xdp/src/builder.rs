@@ -79,8 +79,12 @@ impl EndpointBuilder {
     /// a generated development certificate, up to 10,000 connections, and
     /// Retry once 256 attempts are unvalidated.
     pub fn new(listen: SocketAddr) -> Self {
+        let mut datapath = DatapathConfig::new(listen);
+        // The engines speak QUIC v1 only (`QuicConfig::endpoints`): the XDP
+        // program answers other versions without waking them.
+        datapath.answer_version_negotiation = true;
         Self {
-            datapath: DatapathConfig::new(listen),
+            datapath,
             identity: Identity::Dev,
             alpn: Vec::new(),
             crypto: None,
