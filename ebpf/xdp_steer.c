@@ -308,10 +308,10 @@ static __always_inline int version_negotiation(struct xdp_md *ctx, int v6, __u32
     dl &= CID_MASK;
     sl &= CID_MASK;
 
-    // Long header form, the fixed bit set (RFC 9000 17.2.1) and the others
-    // arbitrary, version 0, the
-    // client's source CID as destination and its destination CID as
-    // source, then the versions supported.
+    // Long header form with the fixed bit set (RFC 9000 17.2.1) and the
+    // other bits arbitrary, version 0, the client's source CID as
+    // destination and its destination CID as source, then the versions
+    // supported.
     __u8 head[6] = {0xc0 | (bpf_get_prandom_u32() & 0x3f), 0, 0, 0, 0, sl};
     __be32 supported = bpf_htonl(QUIC_V1);
     __u32 vn_len = sizeof(head) + sl + 1 + dl + sizeof(supported);
