@@ -115,10 +115,13 @@ impl Flood {
                     // Short header, fixed bit set.
                     Self::Junk => payload[0] = 0x40 | (payload[0] & 0x3f),
                     // Long header, version 1, Initial; 8-byte DCID, no SCID,
-                    // no token.
+                    // no token, a length that covers the rest: the server
+                    // derives keys and tries to decrypt.
                     Self::ShortInitial | Self::GarbageInitial => {
                         payload[..6].copy_from_slice(&[0xc3, 0, 0, 0, 1, 8]);
-                        payload[14..17].copy_from_slice(&[0, 0, 0]);
+                        let length = 0x4000 | (payload.len() as u16 - 18);
+                        payload[14..16].copy_from_slice(&[0, 0]);
+                        payload[16..18].copy_from_slice(&length.to_be_bytes());
                     }
                     // Version 0x1a2a3a4a; 8-byte DCID, no SCID.
                     Self::OtherVersion => {
@@ -292,7 +295,8 @@ fn main() -> anyhow::Result<()> {
                         let handled = d.get(SteerReason::DropNotQuic)
                             + d.get(SteerReason::DropShortInitial)
                             + d.get(SteerReason::DropInitialRate)
-                            + d.get(SteerReason::TxVersionNegotiation);
+                            + d.get(SteerReason::TxVersionNegotiation)
+                            + d.get(SteerReason::DropUnknownCid);
                         let accounted = handled + d.get(SteerReason::Redirected);
                         anyhow::ensure!(
                             accounted >= sent,

@@ -17,12 +17,14 @@
 //
 // In front of the socket, what cannot be served is dropped (XDP_DROP:
 // denied sources, datagrams too short for QUIC, connection attempts in
-// datagrams under 1200 bytes, sources over their Initial rate), and a
+// datagrams under 1200 bytes, sources over their Initial rate, short
+// header and Handshake packets whose connection ID the server cannot have
+// issued), and a
 // client that offers another QUIC version is answered from here with
 // Version Negotiation (XDP_TX).
 //
-// Userspace (datapath/src/program.rs) fills STEER_TARGETS, XSKS and the
-// SOURCE_POLICY maps and reads STEER_STATS. Keep the layouts below in sync with it.
+// Userspace (datapath/src/program.rs) fills STEER_TARGETS, XSKS, CID_CHECK
+// and the SOURCE_POLICY maps and reads STEER_STATS. Keep the layouts below in sync with it.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -68,7 +70,8 @@ enum steer_reason {
     STEER_DROP_NOT_ALLOWED = 16,   // an allow list exists; source not in it
     STEER_TX_VERSION_NEGOTIATION = 17, // another QUIC version: answered here
     STEER_ABORTED = 18,            // a rewrite failed midway (a program bug)
-    STEER_REASONS = 19,
+    STEER_DROP_UNKNOWN_CID = 19,   // short header/Handshake: not a CID we issued
+    STEER_REASONS = 20,
 };
 
 // Largest frame an AF_XDP socket can take (its UMEM frame size less
@@ -108,6 +111,75 @@ volatile const __u64 INITIAL_BURST_NS = 0;
 // 1200 bytes). 0 for other users of the program (quinn on the AF_XDP
 // socket, clients): their peers' versions are theirs to judge.
 volatile const __u8 ANSWER_VERSION_NEGOTIATION = 0;
+
+// The check in the server's own connection IDs (datapath/src/cid_check.rs):
+// a CID is [engine ^ p0, p1, r0..r5], p0 and p1 the low bytes of
+// SipHash-1-3 keyed (k0, k1) over the random bytes r, engine < engines.
+// After the handshake a client addresses the server only by CIDs the
+// server issued, so a short header or Handshake packet whose CID fails the
+// check is junk (or a client's stateless reset, which then costs the
+// server an idle timeout: resets to servers are rare). engines == 0: no
+// check (QUIC-LB CIDs, quinn on the socket, clients).
+struct cid_check {
+    __u64 k0;
+    __u64 k1;
+    __u32 engines;
+    __u32 pad;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct cid_check);
+} CID_CHECK SEC(".maps");
+
+#define CHECKED_CID_LEN 8
+
+#define ROTL64(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                               \
+    do {                                                                       \
+        v0 += v1; v1 = ROTL64(v1, 13); v1 ^= v0; v0 = ROTL64(v0, 32);          \
+        v2 += v3; v3 = ROTL64(v3, 16); v3 ^= v2;                               \
+        v0 += v3; v3 = ROTL64(v3, 21); v3 ^= v0;                               \
+        v2 += v1; v1 = ROTL64(v1, 17); v1 ^= v2; v2 = ROTL64(v2, 32);          \
+    } while (0)
+
+// SipHash-1-3 of a message shorter than 8 bytes, given as its last block
+// (the bytes little-endian, the length in the top byte).
+static __always_inline __u64 siphash13_short(__u64 k0, __u64 k1, __u64 b)
+{
+    __u64 v0 = k0 ^ 0x736f6d6570736575ULL;
+    __u64 v1 = k1 ^ 0x646f72616e646f6dULL;
+    __u64 v2 = k0 ^ 0x6c7967656e657261ULL;
+    __u64 v3 = k1 ^ 0x7465646279746573ULL;
+    v3 ^= b;
+    SIPROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+// The configured check, or NULL for none.
+static __always_inline struct cid_check *configured_cid_check(void)
+{
+    __u32 zero = 0;
+    struct cid_check *c = bpf_map_lookup_elem(&CID_CHECK, &zero);
+    return c && c->engines ? c : 0;
+}
+
+// Whether the CHECKED_CID_LEN bytes at `cid` pass `c`.
+static __always_inline int cid_is_ours(const struct cid_check *c, const __u8 *cid)
+{
+    __u64 b = (__u64)(CHECKED_CID_LEN - 2) << 56;
+    for (int i = 2; i < CHECKED_CID_LEN; i++)
+        b |= (__u64)cid[i] << (8 * (i - 2));
+    __u64 h = siphash13_short(c->k0, c->k1, b);
+    return cid[1] == (__u8)(h >> 8) && (__u8)(cid[0] ^ (__u8)h) < c->engines;
+}
 
 // Source address -> theoretical arrival time of its next Initial (ns).
 // LRU: a flood of spoofed sources evicts old entries, never fills up.
@@ -503,6 +575,20 @@ int xdp_steer(struct xdp_md *ctx)
             return verdict(STEER_DROP_SHORT_INITIAL, XDP_DROP);
         if (!initial_allowed(&src))
             return verdict(STEER_DROP_INITIAL_RATE, XDP_DROP);
+    }
+    // Short header and Handshake packets name a CID we issued; the
+    // datagram is long enough (>= MIN_QUIC_DATAGRAM) to hold it.
+    struct cid_check *check = configured_cid_check();
+    if (check && !(quic[0] & 0x80)) {
+        if ((void *)(quic + 1 + CHECKED_CID_LEN) > end)
+            return verdict(STEER_PASS_MALFORMED, XDP_PASS);
+        if (!cid_is_ours(check, quic + 1))
+            return verdict(STEER_DROP_UNKNOWN_CID, XDP_DROP);
+    } else if (check && (quic[0] & 0xb0) == 0xa0 && version == QUIC_V1) {
+        if ((void *)(quic + 6 + CHECKED_CID_LEN) > end)
+            return verdict(STEER_PASS_MALFORMED, XDP_PASS);
+        if (quic[5] != CHECKED_CID_LEN || !cid_is_ours(check, quic + 6))
+            return verdict(STEER_DROP_UNKNOWN_CID, XDP_DROP);
     }
     // Only a frame that ends with its datagram (nothing unchecked is sent
     // back after the reply), and never to port 0.

@@ -3,6 +3,8 @@
 //!
 //! - [`program`]: the XDP program that steers QUIC datagrams into AF_XDP
 //!   sockets and passes everything else to the kernel.
+//! - [`cid_check`]: the check in the server's own connection IDs, which the
+//!   program can verify.
 //! - [`wire`]: the minimal Ethernet/VLAN/IPv4/IPv6/UDP codec.
 //! - [`xsk`]: AF_XDP sockets (one per rx queue) and their UMEM.
 //! - [`udp`]: kernel UDP sockets: the fallback, and the port reservation.
@@ -12,6 +14,7 @@
 #![warn(missing_docs)]
 pub mod addresses;
 pub mod capture;
+pub mod cid_check;
 pub mod datapath;
 pub mod echo;
 pub mod error;

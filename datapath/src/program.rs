@@ -25,6 +25,7 @@ use aya::{
 use ipnet::IpNet;
 
 use crate::{
+    cid_check::CidCheck,
     error::{Error, Result, chain, is_permission_denied},
     source_policy::{SourcePolicy, SourceVerdict},
 };
@@ -37,6 +38,7 @@ const SOCKETS_MAP: &str = "XSKS";
 const STATS_MAP: &str = "STEER_STATS";
 const POLICY_V4_MAP: &str = "SOURCE_POLICY_V4";
 const POLICY_V6_MAP: &str = "SOURCE_POLICY_V6";
+const CID_CHECK_MAP: &str = "CID_CHECK";
 const MAX_FRAME_GLOBAL: &str = "MAX_FRAME_LEN";
 const MAC_GLOBAL: &str = "IFACE_MAC";
 const INITIAL_INTERVAL_GLOBAL: &str = "INITIAL_INTERVAL_NS";
@@ -110,6 +112,35 @@ impl SteerKey {
                 .collect(),
             IpAddr::V6(v6) if v6.is_unspecified() => local.iter().map(|&ip| key(ip)).collect(),
             ip => vec![key(ip)],
+        }
+    }
+}
+
+/// `struct cid_check` in the C program; `engines == 0` turns it off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct CidCheckValue {
+    k0: u64,
+    k1: u64,
+    engines: u32,
+    pad: u32,
+}
+
+// SAFETY: plain old data with no padding (8 + 8 + 4 + 4 bytes).
+unsafe impl aya::Pod for CidCheckValue {}
+
+impl CidCheckValue {
+    fn new(check: Option<&CidCheck>) -> Self {
+        let Some(check) = check else {
+            return Self::default();
+        };
+        // The halves of the key as SipHash reads them: little-endian.
+        let (k0, k1) = check.key().split_at(8);
+        Self {
+            k0: u64::from_le_bytes(k0.try_into().expect("8 bytes")),
+            k1: u64::from_le_bytes(k1.try_into().expect("8 bytes")),
+            engines: check.engines() as u32,
+            pad: 0,
         }
     }
 }
@@ -189,11 +220,14 @@ pub enum SteerReason {
     TxVersionNegotiation = 17,
     /// XDP_ABORTED: a rewrite failed midway (a program bug; never expected).
     Aborted = 18,
+    /// Dropped: a short header or Handshake packet whose destination CID
+    /// fails the server's [`CidCheck`] (junk, or a forged CID).
+    DropUnknownCid = 19,
 }
 
 impl SteerReason {
     /// Every reason, in index order.
-    pub const ALL: [SteerReason; 19] = [
+    pub const ALL: [SteerReason; 20] = [
         Self::Redirected,
         Self::PassNoSocket,
         Self::PassNotIp,
@@ -213,6 +247,7 @@ impl SteerReason {
         Self::DropNotAllowed,
         Self::TxVersionNegotiation,
         Self::Aborted,
+        Self::DropUnknownCid,
     ];
 
     /// The reason's snake_case name, as used in metrics and `SteerStats`'
@@ -238,6 +273,7 @@ impl SteerReason {
             Self::DropNotAllowed => "drop_not_allowed",
             Self::TxVersionNegotiation => "tx_version_negotiation",
             Self::Aborted => "aborted",
+            Self::DropUnknownCid => "drop_unknown_cid",
         }
     }
 }
@@ -504,6 +540,18 @@ impl SteeringProgram {
             IpNet::V4(_) => None,
         });
         replace_trie(self.ebpf.map_mut(POLICY_V6_MAP).expect("map in object"), v6)
+    }
+
+    /// Makes the program drop short header and Handshake packets whose
+    /// destination CID fails `check` (the server's own CIDs), or, with
+    /// `None`, pass them all. Only for a server that issues every CID its
+    /// clients use with that check (quic-xdp's engines, without QUIC-LB).
+    pub fn set_cid_check(&mut self, check: Option<&CidCheck>) -> Result<()> {
+        let mut map: aya::maps::Array<_, CidCheckValue> =
+            aya::maps::Array::try_from(self.ebpf.map_mut(CID_CHECK_MAP).expect("map in object"))
+                .map_err(|e| Error::Load(Box::new(e)))?;
+        map.set(0, CidCheckValue::new(check), 0)
+            .map_err(|e| Error::Load(chain(&e).into()))
     }
 
     /// Attaches to `interface`, trying the modes `preference` allows in

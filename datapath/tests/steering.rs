@@ -758,3 +758,118 @@ fn other_versions_get_version_negotiation_from_the_program() {
         assert_verdict(&any_version, name, &frame, Pass, PassNoSocket);
     }
 }
+
+#[test]
+fn short_header_and_handshake_packets_must_name_one_of_our_cids() {
+    use SteerReason::*;
+    use XdpAction::*;
+    use datapath::cid_check::{CHECKED_CID_LEN, CidCheck};
+    if !datapath::testbed::privileged() {
+        return;
+    }
+
+    let mut prog = load(1, None);
+    prog.add_listener(format!("[::]:{PORT}").parse().unwrap())
+        .unwrap();
+    let to_us = |payload: &[u8], v6: bool| match v6 {
+        false => udp_frame("10.1.0.1:50000", "10.1.0.2:4433", None, payload),
+        true => udp_frame("[fd01::1]:50000", "[fd01::2]:4433", None, payload),
+    };
+    let short = |cid: &[u8]| {
+        let mut p = vec![0x41];
+        p.extend_from_slice(cid);
+        p.resize(60, 0xaa);
+        p
+    };
+    // A v1 long header of the given type bits (0xe0: Handshake).
+    let typed = |first: u8, cid: &[u8]| {
+        let mut p = long_header(1, cid, &[1, 2, 3, 4], 200);
+        p[0] = first;
+        p
+    };
+    let handshake_of = |cid: &[u8]| typed(0xe1, cid);
+
+    // Without a check (quinn on the socket, QUIC-LB) nothing is judged.
+    let junk = [0x5a; CHECKED_CID_LEN];
+    assert_verdict(
+        &prog,
+        "no check",
+        &to_us(&short(&junk), false),
+        Pass,
+        PassNoSocket,
+    );
+
+    let check = CidCheck::new(*b"0123456789abcdef", 3);
+    prog.set_cid_check(Some(&check)).unwrap();
+    // Every CID the server issues passes, for every engine and family;
+    // computed in Rust, checked by the program, so the two must agree.
+    for i in 0..300u32 {
+        let mut cid = [0u8; CHECKED_CID_LEN];
+        cid[2..6].copy_from_slice(&i.wrapping_mul(0x9e37_79b9).to_le_bytes());
+        cid[6] = i as u8;
+        check.seal(i as usize % 3, &mut cid);
+        let v6 = i % 2 == 1;
+        for (kind, payload) in [("short", short(&cid)), ("handshake", handshake_of(&cid))] {
+            let name = format!("{kind} header, our CID {cid:02x?}");
+            assert_verdict(&prog, &name, &to_us(&payload, v6), Pass, PassNoSocket);
+        }
+        // One flipped bit anywhere in the CID, and it is not ours.
+        let mut forged = cid;
+        forged[i as usize % CHECKED_CID_LEN] ^= 1 << (i % 8);
+        if check.owner(&forged).is_none() {
+            for (kind, payload) in [
+                ("short", short(&forged)),
+                ("handshake", handshake_of(&forged)),
+            ] {
+                let name = format!("{kind} header, forged CID {forged:02x?}");
+                assert_verdict(&prog, &name, &to_us(&payload, v6), Drop, DropUnknownCid);
+            }
+        }
+    }
+    // Random CIDs: about one in 256 * 256 / 3 passes.
+    let mut passed = 0;
+    for i in 0..2000u64 {
+        let cid = (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x1234_5678).to_le_bytes();
+        let before = prog.stats().unwrap();
+        let verdict = prog.test_run(&to_us(&short(&cid), false)).unwrap();
+        let delta = prog.stats().unwrap().since(&before);
+        assert_eq!(verdict == Pass, check.owner(&cid).is_some(), "{cid:02x?}");
+        assert_eq!(delta.get(DropUnknownCid), u64::from(verdict == Drop));
+        passed += usize::from(verdict == Pass);
+    }
+    assert!(passed < 5, "{passed} of 2000 random CIDs passed");
+    // A Handshake must carry a CID of our length.
+    let mut cid = [0u8; CHECKED_CID_LEN];
+    check.seal(0, &mut cid);
+    let mut long_cid = cid.to_vec();
+    long_cid.push(0);
+    assert_verdict(
+        &prog,
+        "handshake, 9-byte CID",
+        &to_us(&handshake_of(&long_cid), false),
+        Drop,
+        DropUnknownCid,
+    );
+    // Initials and 0-RTT carry the client's CID: not judged.
+    let zero_rtt = typed(0xd1, &junk);
+    assert_verdict(&prog, "0-RTT", &to_us(&zero_rtt, false), Pass, PassNoSocket);
+    let mut initial = long_header(1, &junk, &[], 1200);
+    initial[0] = 0xc1;
+    assert_verdict(
+        &prog,
+        "Initial",
+        &to_us(&initial, false),
+        Pass,
+        PassNoSocket,
+    );
+
+    // Turned off again, junk passes.
+    prog.set_cid_check(None).unwrap();
+    assert_verdict(
+        &prog,
+        "check off",
+        &to_us(&short(&junk), false),
+        Pass,
+        PassNoSocket,
+    );
+}

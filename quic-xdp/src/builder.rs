@@ -282,11 +282,17 @@ impl EndpointBuilder {
             )));
         }
         let mut datapath = Datapath::open(&self.datapath)?;
+        let groups = datapath.take_queue_groups();
+        let (protos, cids) = quic.endpoints(groups.len(), self.quic_lb.clone());
+        // Clients address us only by CIDs we issued once the handshake is
+        // under way: the XDP program drops the rest (junk floods).
+        if let (Some(check), Some(mut steering)) = (cids.xdp_check(), datapath.steering()) {
+            steering.set_cid_check(Some(&check))?;
+        }
+        // Last: loading and configuring the program take privileges.
         if let Some(user) = &self.run_as {
             datapath::privileges::drop_to_user(user)?;
         }
-        let groups = datapath.take_queue_groups();
-        let (protos, cids) = quic.endpoints(groups.len(), self.quic_lb.clone());
         #[allow(unused_mut)]
         let mut admission = self.admission();
         #[cfg(feature = "qlog")]

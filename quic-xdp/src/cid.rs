@@ -3,7 +3,9 @@
 //!
 //! Server-chosen CIDs are `[engine ^ p0, p1, 6 random bytes]`, where
 //! `p0, p1` come from a keyed PRF (SipHash-1-3, key from the endpoint
-//! secret) over the random bytes. The engine index is masked and the check
+//! secret) over the random bytes: [`datapath::cid_check`], which the XDP
+//! program checks too, dropping short header and Handshake packets whose
+//! CID we cannot have issued. The engine index is masked and the check
 //! unforgeable: an observer of any number of CIDs learns neither, so it
 //! cannot aim traffic at one engine (a guessed CID names a chosen engine
 //! about once in 65536), and client-chosen CIDs rarely look like ours.
@@ -18,19 +20,17 @@
 //! in the clear or encrypted. The nonce then carries the same routing
 //! bytes: `[engine ^ p0, p1, random...]`.
 
-use std::hash::Hasher;
-
+use datapath::cid_check::{CHECK_LEN, CHECKED_CID_LEN, CidCheck};
 use quinn_proto::{ConnectionId, ConnectionIdGenerator, InvalidCid};
 use ring::rand::{SecureRandom, SystemRandom};
-use siphasher::sip::SipHasher13;
 
 use crate::quic_lb::QuicLbConfig;
 
 /// The length of our own CIDs (not QUIC-LB): two routing bytes and six
 /// random ones.
-pub(crate) const CID_LEN: usize = 8;
+pub(crate) const CID_LEN: usize = CHECKED_CID_LEN;
 /// Routing bytes at the start of a CID (or QUIC-LB nonce).
-const ROUTING_LEN: usize = 2;
+const ROUTING_LEN: usize = CHECK_LEN;
 /// The fewest random bytes after them. A CID drawn twice would give two
 /// clients the same stateless reset token (and the draft forbids reusing
 /// a nonce under one key): with 6 random bytes that takes ~20 million CIDs.
@@ -42,8 +42,7 @@ pub(crate) const CID_KEY_LEN: usize = 16;
 
 #[derive(Clone, Debug)]
 pub(crate) struct CidScheme {
-    engines: usize,
-    key: [u8; CID_KEY_LEN],
+    check: CidCheck,
     quic_lb: Option<QuicLbConfig>,
 }
 
@@ -51,10 +50,8 @@ impl CidScheme {
     /// `key` makes our CIDs recognizable; kept across restarts (see
     /// `EndpointBuilder::reset_secret`) it recognizes an earlier run's CIDs.
     pub fn new(engines: usize, key: [u8; CID_KEY_LEN]) -> Self {
-        assert!((1..=256).contains(&engines), "at most 256 engines");
         Self {
-            engines,
-            key,
+            check: CidCheck::new(key, engines),
             quic_lb: None,
         }
     }
@@ -65,6 +62,12 @@ impl CidScheme {
         assert!(config.nonce_len() >= MIN_NONCE_LEN);
         self.quic_lb = Some(config);
         self
+    }
+
+    /// The check the XDP program can make on our CIDs: none for QUIC-LB
+    /// CIDs (their nonce is encrypted, or the check is inside it).
+    pub fn xdp_check(&self) -> Option<CidCheck> {
+        self.quic_lb.is_none().then(|| self.check.clone())
     }
 
     /// The length of every CID we issue.
@@ -81,18 +84,10 @@ impl CidScheme {
         Self::new(engines, key)
     }
 
-    /// The engine mask and the check byte for a CID's random part.
-    fn prf(&self, random: &[u8]) -> (u8, u8) {
-        let mut h = SipHasher13::new_with_key(&self.key);
-        h.write(random);
-        let [mask, check, ..] = h.finish().to_le_bytes();
-        (mask, check)
-    }
-
     /// The engine that issued `cid`, if we did.
     pub fn owner(&self, cid: &[u8]) -> Option<usize> {
         match &self.quic_lb {
-            None if cid.len() == CID_LEN => self.routing_owner(cid),
+            None if cid.len() == CID_LEN => self.check.owner(cid),
             None => None,
             Some(config) => {
                 // Another server's CID (a misrouted datagram) is not ours.
@@ -100,17 +95,9 @@ impl CidScheme {
                 if decoded.server_id() != config.server_id() {
                     return None;
                 }
-                self.routing_owner(decoded.nonce())
+                self.check.owner(decoded.nonce())
             }
         }
-    }
-
-    /// The engine that `routed` (a CID or a nonce: routing bytes, then
-    /// random ones) names, if its check byte is right.
-    fn routing_owner(&self, routed: &[u8]) -> Option<usize> {
-        let (mask, check) = self.prf(&routed[ROUTING_LEN..]);
-        let engine = usize::from(routed[0] ^ mask);
-        (routed[1] == check && engine < self.engines).then_some(engine)
     }
 
     /// Fills `routed` (a CID or a nonce) for `engine`: random bytes and
@@ -119,14 +106,12 @@ impl CidScheme {
         random
             .fill(&mut routed[ROUTING_LEN..])
             .expect("system randomness");
-        let (mask, check) = self.prf(&routed[ROUTING_LEN..]);
-        routed[0] = engine ^ mask;
-        routed[1] = check;
+        self.check.seal(usize::from(engine), routed);
     }
 
     /// The engine that must handle `datagram`, which arrived at `arrival`.
     pub fn route(&self, datagram: &[u8], arrival: usize) -> usize {
-        if self.engines == 1 {
+        if self.check.engines() == 1 {
             return 0;
         }
         let dcid = match datagram.first() {

@@ -98,11 +98,16 @@ pub(crate) struct EngineCore {
     handshaking: usize,
     tx_buf: Vec<u8>,
     touched: Vec<ConnectionHandle>,
+    /// Where in the touched connections the next pass starts.
+    drive_rotation: usize,
     new_incoming: Vec<(quinn_proto::Incoming, usize)>,
     responses: Vec<(usize, PendingTransmit)>,
     /// Connections accepted here for the serve handler, to be run.
     served: Vec<Connecting>,
     closing_since: Option<Instant>,
+    /// Test-only: extra time every Initial costs.
+    #[cfg(feature = "test-hooks")]
+    slow_initials: Duration,
 }
 
 impl EngineCore {
@@ -122,10 +127,13 @@ impl EngineCore {
             handshaking: 0,
             tx_buf: Vec::with_capacity(64 * 1024),
             touched: Vec::new(),
+            drive_rotation: 0,
             new_incoming: Vec::new(),
             responses: Vec::new(),
             served: Vec::new(),
             closing_since: None,
+            #[cfg(feature = "test-hooks")]
+            slow_initials: Duration::ZERO,
         }
     }
 
@@ -174,6 +182,10 @@ impl EngineCore {
         ecn: Option<EcnCodepoint>,
         datagram: BytesMut,
     ) {
+        #[cfg(feature = "test-hooks")]
+        if !self.slow_initials.is_zero() && crate::initial_budget::is_initial(&datagram) {
+            std::thread::sleep(self.slow_initials);
+        }
         self.tx_buf.clear();
         let event = self
             .endpoint
@@ -195,9 +207,11 @@ impl EngineCore {
         }
     }
 
-    /// Carries out what the application decided since the last pass.
-    pub fn run_commands(&mut self, now: Instant) {
+    /// Carries out what the application decided since the last pass;
+    /// returns how many connection attempts it decided.
+    pub fn run_commands(&mut self, now: Instant) -> usize {
         let commands = std::mem::take(&mut *lock(&self.shared.commands));
+        let mut decided = 0;
         for command in commands {
             if matches!(
                 command,
@@ -207,6 +221,7 @@ impl EngineCore {
                     | Command::Ignore(..)
             ) {
                 self.decided();
+                decided += 1;
             }
             match command {
                 Command::Accept {
@@ -225,8 +240,11 @@ impl EngineCore {
                 Command::Close { code, reason } => self.close(code, reason, now),
                 #[cfg(feature = "test-hooks")]
                 Command::Panic => panic!("test-only engine panic"),
+                #[cfg(feature = "test-hooks")]
+                Command::SlowInitials(extra) => self.slow_initials = extra,
             }
         }
+        decided
     }
 
     fn accept(
@@ -328,6 +346,11 @@ impl EngineCore {
         }
     }
 
+    /// Whether datagrams since the last `admit_new` started attempts.
+    pub fn has_new_attempts(&self) -> bool {
+        !self.new_incoming.is_empty()
+    }
+
     /// Decides the new connection attempts: refused over the connection
     /// limit, while draining or while closing, asked to prove their address (Retry) when
     /// the policy says so; then accepted here for the serve handler, or
@@ -400,6 +423,15 @@ impl EngineCore {
         let mut touched = std::mem::take(&mut self.touched);
         touched.sort_unstable();
         touched.dedup();
+        touched.retain(|h| self.conns.contains_key(h));
+        // A different connection goes first each pass: when the queues
+        // fill up, the ones early in the order would otherwise take all
+        // the room, pass after pass.
+        if !touched.is_empty() {
+            let first = self.drive_rotation % touched.len();
+            touched.rotate_left(first);
+            self.drive_rotation = self.drive_rotation.wrapping_add(1);
+        }
         let budget = if touched.len() > 1 {
             TRANSMIT_BUDGET
         } else {
@@ -880,6 +912,61 @@ mod tests {
         let sent = out.sent_to(a.addr);
         assert!(sent > TRANSMIT_BUDGET, "{sent} datagrams");
         assert!(!core.has_more(), "all sent in one pass");
+    }
+
+    /// Takes `room` datagrams per pass, then reports itself full.
+    struct FullOutbox {
+        recorder: Recorder,
+        room: usize,
+    }
+
+    impl Outbox for FullOutbox {
+        fn send(&mut self, queue: usize, t: &Transmit<'_>) -> io::Result<()> {
+            let size = t.segment_size.unwrap_or(t.contents.len());
+            let count = t.contents.len().div_ceil(size);
+            if count > self.room {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.room -= count;
+            self.recorder.send(queue, t)
+        }
+
+        fn max_segments(&self, _queue: usize) -> usize {
+            1
+        }
+    }
+
+    /// When the queues stay full, every connection still gets its turn:
+    /// the one first in handle order does not take all the room.
+    #[test]
+    fn a_full_queue_is_shared_by_every_connection_in_turn() {
+        let (mut core, ca) = server_core();
+        let (mut now, mut out) = (Instant::now(), Recorder::default());
+        let clients: Vec<Client> = (0..3)
+            .map(|i| Client::connect(&mut core, &ca, 5000 + i, &mut now, &mut out))
+            .collect();
+        write_on_every_connection(&mut core, 256 << 10);
+        let mut full = FullOutbox {
+            recorder: Recorder::default(),
+            room: 0,
+        };
+        // Room for 10 datagrams a pass: less than one budget.
+        let mut first_sent = vec![None; clients.len()];
+        for pass in 0..clients.len() {
+            now += Duration::from_micros(100);
+            full.room = 10;
+            core.drive_touched(now, &mut full);
+            for (i, c) in clients.iter().enumerate() {
+                if full.recorder.sent_to(c.addr) > 0 {
+                    first_sent[i].get_or_insert(pass);
+                }
+            }
+            full.recorder.datagrams.clear();
+        }
+        assert!(
+            first_sent.iter().all(Option::is_some),
+            "passes at which each connection first sent: {first_sent:?}"
+        );
     }
 
     /// A few retained bytes of a datagram must not pin a large shared

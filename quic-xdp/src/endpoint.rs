@@ -42,6 +42,10 @@ pub struct EndpointCounters {
     pub forwarded: u64,
     /// Such datagrams dropped because the owner's inbox was full.
     pub forward_dropped: u64,
+    /// Connection attempts (a client's first Initial) dropped unread
+    /// because attempts had used up their share of the engine's time: a
+    /// flood of them (the README, "What is steered").
+    pub initials_shed: u64,
 }
 
 /// A snapshot of an endpoint's counters (see `Endpoint::stats`).
@@ -287,6 +291,16 @@ impl Endpoint {
     #[doc(hidden)]
     pub fn panic_engine_for_test(&self, index: usize) {
         self.inner.engines[index].command(Command::Panic);
+    }
+
+    /// Test-only: every Initial costs every engine `extra` more time, so
+    /// that a test's flood outweighs the engine on any machine.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn slow_initials_for_test(&self, extra: std::time::Duration) {
+        for engine in &self.inner.engines {
+            engine.command(Command::SlowInitials(extra));
+        }
     }
 
     /// Starts a graceful drain: from now on every new connection attempt

@@ -31,6 +31,7 @@ use tokio::{
 use crate::{
     cid::CidScheme,
     core::EngineCore,
+    initial_budget::{InitialBudget, is_initial},
     shared::{EngineShared, Forwarded, lock},
 };
 
@@ -60,6 +61,8 @@ pub(crate) struct Engine {
     xdp_queue: usize,
     peers: Peers,
     outbox: Vec<Vec<Forwarded>>,
+    /// The share of this engine's time connection attempts may take.
+    initial_budget: InitialBudget,
 }
 
 /// A queue's descriptor, registered with the runtime (the queue owns it).
@@ -90,6 +93,7 @@ impl Engine {
             xdp_queue,
             peers,
             outbox: (0..engines).map(|_| Vec::new()).collect(),
+            initial_budget: InitialBudget::new(Instant::now()),
         }
     }
 
@@ -149,9 +153,16 @@ impl Engine {
         loop {
             self.core.shared().waker.reset();
             let now = Instant::now();
-            self.core.run_commands(now);
+            // Decisions on connection attempts are theirs to pay for.
+            if self.core.run_commands(now) > 0 {
+                self.initial_budget.charge(now.elapsed());
+            }
             let received = self.receive(now, &fds) + self.receive_forwarded(now);
-            self.core.admit_new(now);
+            if self.core.has_new_attempts() {
+                let start = Instant::now();
+                self.core.admit_new(now);
+                self.initial_budget.charge(start.elapsed());
+            }
             self.spawn_served();
             self.core.collect_dirty_and_expired(now);
             if received > 0 {
@@ -226,10 +237,12 @@ impl Engine {
             queues,
             peers,
             outbox,
+            initial_budget,
             ..
         } = self;
         let me = peers.index;
         let mut total = 0;
+        let mut shed = 0u64;
         let mut cx = Context::from_waker(Waker::noop());
         for (qi, fd) in fds {
             let Poll::Ready(Ok(mut ready)) = fd.poll_read_ready(&mut cx) else {
@@ -241,9 +254,7 @@ impl Engine {
                 let result = q.recv(&mut |meta, data| {
                     let ecn = meta.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8));
                     let owner = peers.cids.route(data, me);
-                    if owner == me {
-                        core.handle(now, *qi, meta.remote, meta.local.ip(), ecn, data);
-                    } else {
+                    if owner != me {
                         outbox[owner].push(Forwarded {
                             remote: meta.remote,
                             local: meta.local.ip(),
@@ -251,6 +262,16 @@ impl Engine {
                             data: data.into(),
                             via_kernel,
                         });
+                    } else if !is_initial(data) {
+                        core.handle(now, *qi, meta.remote, meta.local.ip(), ecn, data);
+                    } else if initial_budget.allows(now) {
+                        let start = Instant::now();
+                        core.handle(now, *qi, meta.remote, meta.local.ip(), ecn, data);
+                        initial_budget.charge(start.elapsed());
+                    } else {
+                        // A flood of connection attempts: the connections
+                        // already served keep the rest of the engine.
+                        shed += 1;
                     }
                 });
                 match result {
@@ -273,10 +294,11 @@ impl Engine {
                 dropped += peers.engines[owner].forward(list) as u64;
             }
         }
-        if forwarded > 0 {
+        if forwarded > 0 || shed > 0 {
             let mut stats = lock(&core.shared().endpoint.stats);
             stats.forwarded += forwarded - dropped;
             stats.forward_dropped += dropped;
+            stats.initials_shed += shed;
         }
         total
     }
@@ -285,14 +307,27 @@ impl Engine {
     fn receive_forwarded(&mut self, now: Instant) -> usize {
         let inbox = std::mem::take(&mut *lock(&self.core.shared().inbox));
         let n = inbox.len();
+        let mut shed = 0;
         for f in inbox {
             let queue = if f.via_kernel {
                 self.kernel_queue
             } else {
                 self.xdp_queue
             };
-            self.core
-                .handle_owned(now, queue, f.remote, f.local, f.ecn, f.data);
+            if !is_initial(&f.data) {
+                self.core
+                    .handle_owned(now, queue, f.remote, f.local, f.ecn, f.data);
+            } else if self.initial_budget.allows(now) {
+                let start = Instant::now();
+                self.core
+                    .handle_owned(now, queue, f.remote, f.local, f.ecn, f.data);
+                self.initial_budget.charge(start.elapsed());
+            } else {
+                shed += 1;
+            }
+        }
+        if shed > 0 {
+            lock(&self.core.shared().endpoint.stats).initials_shed += shed;
         }
         n
     }

@@ -37,6 +37,7 @@ mod error;
 pub mod fuzzing;
 #[cfg(feature = "h3")]
 pub mod h3;
+mod initial_budget;
 mod metrics;
 #[cfg(feature = "qlog")]
 mod qlog;

@@ -121,6 +121,11 @@ where
                 "Such datagrams dropped because the owner's inbox was full",
                 a.forward_dropped,
             ),
+            (
+                "quic_xdp_initials_shed",
+                "Connection attempts dropped unread: attempts had used up their share of the engine's time",
+                a.initials_shed,
+            ),
         ] {
             counter(&mut encoder, name, help, &[(Vec::new(), value)])?;
         }

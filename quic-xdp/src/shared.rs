@@ -49,6 +49,10 @@ pub(crate) enum Command {
     /// Test-only: the engine panics while carrying it out.
     #[cfg(feature = "test-hooks")]
     Panic,
+    /// Test-only: every Initial costs the engine this much more time, as
+    /// on a slower machine.
+    #[cfg(feature = "test-hooks")]
+    SlowInitials(std::time::Duration),
 }
 
 /// Wakes the engine task: from its own thread (a handler's write) that is

@@ -123,12 +123,17 @@ async fn hostile_frames_are_refused_counted_and_harmless() {
             })
         })
         .collect();
-    let bad_checksums: Vec<Vec<u8>> = (0..10)
+    // A real packet of the connection (its CID passes the program's
+    // check) with a broken UDP checksum.
+    let bad_checksums: Vec<Vec<u8>> = (1..=255u8)
         .map(|i| {
-            let mut f = frame(40100 + i, &garbage(300, i as u8));
-            f[40] ^= 0xff; // UDP checksum
+            let mut f = replay.clone();
+            f[40] ^= i; // UDP checksum
             f
         })
+        // Zero would mean "no checksum" (IPv4).
+        .filter(|f| f[40..42] != [0, 0])
+        .take(10)
         .collect();
     let with_options = {
         let f = frame(40200, &garbage(200, 9));
@@ -178,10 +183,16 @@ async fn hostile_frames_are_refused_counted_and_harmless() {
     );
     // IP options are the kernel's to judge (source routes...).
     assert_eq!(d.get(SteerReason::PassIpOptions), 1, "{d}");
-    // Garbage and replays reach quinn-proto, which discards them: the
-    // connection is unharmed.
+    // Garbage short headers name no CID of ours: dropped in the program
+    // (a random CID passes its check about once in 65536).
     assert!(
-        d.get(SteerReason::Redirected) >= (garbage_quic.len() + 200 + bad_checksums.len()) as u64,
+        d.get(SteerReason::DropUnknownCid) >= garbage_quic.len() as u64 - 1,
+        "{d}"
+    );
+    // Replays reach quinn-proto, which discards them: the connection is
+    // unharmed.
+    assert!(
+        d.get(SteerReason::Redirected) >= (200 + bad_checksums.len()) as u64,
         "{d}"
     );
     assert_eq!(
@@ -280,5 +291,116 @@ async fn initial_flood_is_retried_bounded_and_not_amplified() {
         .unwrap();
     assert_eq!(echo_stream(&conn, b"legit").await, b"legit");
     assert!(ep.stats().admission.retried as usize > stats.admission.retried as usize - 1);
+    ep.shutdown().await;
+}
+
+/// A flood of full-size garbage Initials (each costs a key derivation and
+/// a decryption before it is known to be garbage) gets no more than its
+/// share of the engine: the rest is shed unread and counted, and the
+/// connection already served goes on through the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_initial_flood_is_shed_and_served_connections_go_on() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let Some(setup) = echo_over_xdp().await else {
+        return;
+    };
+    let EchoOverXdp {
+        net,
+        ep,
+        conn,
+        server,
+        ..
+    } = &setup;
+    assert_eq!(echo_stream(conn, b"before").await, b"before");
+    let raw = Arc::new(
+        net.client
+            .run(|| RawLink::open(TestNet::CLIENT_IF).unwrap()),
+    );
+    // Version 1 Initials to random 8-byte CIDs, no SCID, no token, a
+    // length covering the datagram, garbage after.
+    let initials: Vec<Vec<u8>> = (0..256u16)
+        .map(|i| {
+            let mut p = pattern(1200, i as u8);
+            p[..6].copy_from_slice(&[0xc3, 0, 0, 0, 1, 8]);
+            p[6..8].copy_from_slice(&i.to_be_bytes());
+            p[14..16].copy_from_slice(&[0, 0]);
+            p[16..18].copy_from_slice(&(0x4000u16 | (1200 - 18)).to_be_bytes());
+            frame(41000 + i, &p)
+        })
+        .collect();
+    // Each Initial costs the engine 300 us more, so that 5,000 a second
+    // would take it 1.5 s a second on any machine: without a limit the
+    // ring would fill and the connection's packets would wait or drop.
+    ep.slow_initials_for_test(Duration::from_micros(300));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Bounded: 5,000 frames a second, for at most 4 s.
+    let flooder = {
+        let (raw, stop) = (raw.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            let mut sent = 0u64;
+            for tick in 1..=400u32 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                for f in initials
+                    .iter()
+                    .cycle()
+                    .skip(tick as usize * 50 % 256)
+                    .take(50)
+                {
+                    if raw.send(f).is_ok() {
+                        sent += 1;
+                    }
+                }
+                let next = start + Duration::from_millis(10) * tick;
+                std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let shed_before = ep.stats().admission.initials_shed;
+    let mut echoes = 0;
+    let during = std::time::Instant::now();
+    while during.elapsed() < Duration::from_secs(1) && !flooder.is_finished() {
+        let echoed = timeout(Duration::from_secs(2), echo_stream(conn, b"during")).await;
+        let Ok(echoed) = echoed else {
+            let stats = ep.stats();
+            panic!(
+                "an echo took over 2 s during the flood, after {echoes}: {:?} {:?} {}",
+                stats.admission,
+                stats.datapath,
+                stats.steering.unwrap_or_default()
+            );
+        };
+        assert_eq!(echoed, b"during");
+        echoes += 1;
+    }
+    let flood_lasted = !flooder.is_finished();
+    stop.store(true, Ordering::Relaxed);
+    let sent = flooder.join().unwrap();
+    let stats = ep.stats();
+    eprintln!(
+        "{sent} garbage Initials sent; {echoes} echoes during the flood; {:?}",
+        stats.admission
+    );
+    assert!(flood_lasted, "the flood ended before the echoes did");
+    assert!(
+        stats.admission.initials_shed > shed_before,
+        "no Initial was shed: the engine kept up with the flood ({:?})",
+        stats.admission
+    );
+    assert!(echoes >= 10, "{echoes} echoes in a second of flood");
+    assert!(conn.close_reason().is_none());
+    // Attempts after the flood are served again.
+    let fresh = quinn_client(net, *server, ep);
+    let conn2 = timeout(Duration::from_secs(10), connect(&fresh, *server))
+        .await
+        .unwrap();
+    assert_eq!(echo_stream(&conn2, b"after").await, b"after");
     ep.shutdown().await;
 }
