@@ -46,6 +46,11 @@ pub struct ServerArgs {
     /// rate (default: one second's worth).
     #[arg(long, requires = "initial_rate")]
     pub initial_burst: Option<u32>,
+    /// XDP: slots in each AF_XDP ring (a power of two, 64 to 32768); each
+    /// queue's UMEM holds twice as many 4 KiB frames. Larger rings absorb
+    /// longer bursts while the engine is busy.
+    #[arg(long, default_value_t = 2048)]
+    pub ring_size: u32,
     /// Once the program is attached and the sockets are open, run as this
     /// user, keeping only CAP_BPF and CAP_NET_ADMIN.
     #[arg(long)]
@@ -227,7 +232,11 @@ impl ServerArgs {
             c.capture_max_bytes = max_bytes;
         });
         let policy = self.source_policy()?;
-        builder = builder.datapath(move |c| c.source_policy = policy);
+        let ring_size = self.ring_size;
+        builder = builder.datapath(move |c| {
+            c.source_policy = policy;
+            c.ring_size = ring_size;
+        });
         if let Some(per_second) = self.initial_rate {
             let rate = quic_xdp::datapath::program::InitialRate {
                 per_second,

@@ -5,12 +5,14 @@
 # counters. Without root (no namespaces, no XDP) the same server runs over
 # kernel UDP on loopback and says why.
 #
-#   sudo scripts/demo.sh        # SIZE=4000000 STREAMS=16 CONNECTIONS=4 to vary the load
+#   sudo scripts/demo.sh        # SIZE=4000000 STREAMS=16 CONNECTIONS=4 to vary the load,
+#                               # SERVER_ARGS="--ring-size 4096" for the server
 set -euo pipefail
 cd "$(dirname "$0")/.."
 connections=${CONNECTIONS:-4}
 streams=${STREAMS:-8}
 size=${SIZE:-4000000}
+read -r -a server_args <<<"${SERVER_ARGS:-}"
 
 bash scripts/install-deps.sh
 cargo build --release -q -p quic-xdp-examples
@@ -55,7 +57,7 @@ if [ "$(id -u)" = 0 ] && ip netns add "qxd-probe-$$" 2>/dev/null; then
     ip -n "$server" link set veth-s up
 
     ip netns exec "$server" "$bin/echo-server" --interface veth-s --mode xdp \
-        --ca-out "$work/ca.pem" >"$work/server.log" 2>&1 &
+        --ca-out "$work/ca.pem" "${server_args[@]}" >"$work/server.log" 2>&1 &
     server_pid=$!
     wait_listening
     grep -E '^(mode|listening)' "$work/server.log"

@@ -100,6 +100,9 @@ pub(crate) struct EngineCore {
     touched: Vec<ConnectionHandle>,
     /// Where in the touched connections the next pass starts.
     drive_rotation: usize,
+    /// Time spent accepting attempts that failed (undecryptable), for the
+    /// engine's Initial budget.
+    failed_attempts_time: Duration,
     new_incoming: Vec<(quinn_proto::Incoming, usize)>,
     responses: Vec<(usize, PendingTransmit)>,
     /// Connections accepted here for the serve handler, to be run.
@@ -128,6 +131,7 @@ impl EngineCore {
             tx_buf: Vec::with_capacity(64 * 1024),
             touched: Vec::new(),
             drive_rotation: 0,
+            failed_attempts_time: Duration::ZERO,
             new_incoming: Vec::new(),
             responses: Vec::new(),
             served: Vec::new(),
@@ -207,11 +211,9 @@ impl EngineCore {
         }
     }
 
-    /// Carries out what the application decided since the last pass;
-    /// returns how many connection attempts it decided.
-    pub fn run_commands(&mut self, now: Instant) -> usize {
+    /// Carries out what the application decided since the last pass.
+    pub fn run_commands(&mut self, now: Instant) {
         let commands = std::mem::take(&mut *lock(&self.shared.commands));
-        let mut decided = 0;
         for command in commands {
             if matches!(
                 command,
@@ -221,7 +223,6 @@ impl EngineCore {
                     | Command::Ignore(..)
             ) {
                 self.decided();
-                decided += 1;
             }
             match command {
                 Command::Accept {
@@ -244,7 +245,6 @@ impl EngineCore {
                 Command::SlowInitials(extra) => self.slow_initials = extra,
             }
         }
-        decided
     }
 
     fn accept(
@@ -266,6 +266,7 @@ impl EngineCore {
             .and_then(|q| q.server_config_for(incoming.remote_address(), now));
         #[cfg(not(feature = "qlog"))]
         let config = None;
+        let started = Instant::now();
         match self
             .endpoint
             .accept(incoming, now, &mut self.tx_buf, config)
@@ -281,6 +282,8 @@ impl EngineCore {
                 Ok(shared)
             }
             Err(e) => {
+                // Garbage that looked like an Initial until decryption.
+                self.failed_attempts_time += started.elapsed();
                 if let Some(t) = e.response {
                     self.queue_response(queue, &t);
                 }
@@ -344,11 +347,6 @@ impl EngineCore {
             st.fail(ConnectionError::LocallyClosed);
             self.touched.push(*h);
         }
-    }
-
-    /// Whether datagrams since the last `admit_new` started attempts.
-    pub fn has_new_attempts(&self) -> bool {
-        !self.new_incoming.is_empty()
     }
 
     /// Decides the new connection attempts: refused over the connection
@@ -548,6 +546,11 @@ impl EngineCore {
                 tracing::debug!(error = %e, "stateless response dropped");
             }
         }
+    }
+
+    /// Time spent since the last call accepting attempts that failed.
+    pub fn take_failed_attempts_time(&mut self) -> Duration {
+        std::mem::take(&mut self.failed_attempts_time)
     }
 
     /// Connections left with something to send after `drive_touched`.

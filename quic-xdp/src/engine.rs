@@ -153,16 +153,12 @@ impl Engine {
         loop {
             self.core.shared().waker.reset();
             let now = Instant::now();
-            // Decisions on connection attempts are theirs to pay for.
-            if self.core.run_commands(now) > 0 {
-                self.initial_budget.charge(now.elapsed());
-            }
+            self.core.run_commands(now);
             let received = self.receive(now, &fds) + self.receive_forwarded(now);
-            if self.core.has_new_attempts() {
-                let start = Instant::now();
-                self.core.admit_new(now);
-                self.initial_budget.charge(start.elapsed());
-            }
+            self.core.admit_new(now);
+            // Garbage that decrypted only as far as an attempt pays too.
+            let wasted = self.core.take_failed_attempts_time();
+            self.initial_budget.charge(wasted);
             self.spawn_served();
             self.core.collect_dirty_and_expired(now);
             if received > 0 {

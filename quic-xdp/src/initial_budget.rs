@@ -4,15 +4,20 @@
 //! decryption (a few microseconds) before it is known to be garbage, and a
 //! flood of full-size garbage Initials from spoofed sources passes every
 //! per-source limit. Unchecked, such a flood takes the whole engine and
-//! the connections it already serves time out. So Initials, and the
-//! decisions on the attempts they start (Retry, refusal, acceptance and
-//! its TLS work), get a share of the engine's time: a token bucket counted
-//! in nanoseconds. Past it, Initials are dropped unread (and counted) until
-//! time refills it. Every v1 Initial counts, not just those to CIDs we did
-//! not issue: an Initial to a dead CID of ours costs as much, and any
-//! client can learn one. Established connections (short headers) never
-//! wait for it. Legitimate handshakes never come near the share: a quarter
-//! of a core starts thousands of connections a second.
+//! the connections it already serves time out. So handling Initials gets
+//! a share of the engine's time: a token bucket counted in nanoseconds.
+//! Past it, Initials are dropped unread (and counted) until time refills
+//! it. Every v1 Initial counts, not just those to CIDs we did not issue:
+//! an Initial to a dead CID of ours costs as much, and any client can
+//! learn one. Established connections (short headers) never wait for it.
+//!
+//! Accepting an attempt whose packet then fails to decrypt (garbage that
+//! got that far) is charged too. What a successful acceptance costs (the
+//! TLS handshake, the bulk of a real handshake's work) is not: charged, it
+//! capped handshakes at a quarter of the engine (a third of quinn's rate
+//! in the handshake benchmark). Real Initials are what such work needs,
+//! and spoofed real ones are what Retry (`RetryPolicy::WhenBusy`) answers
+//! statelessly.
 
 use std::time::{Duration, Instant};
 
@@ -55,7 +60,7 @@ impl InitialBudget {
         self.credit_ns > 0
     }
 
-    /// Charges the time an Initial, or a decision on attempts, took.
+    /// Charges the time handling Initials took.
     pub fn charge(&mut self, spent: Duration) {
         let spent = spent.min(MAX_CHARGE).as_nanos() as i64;
         self.credit_ns = (self.credit_ns - spent).max(-(MAX_CREDIT.as_nanos() as i64));
