@@ -113,7 +113,7 @@ volatile const __u64 INITIAL_BURST_NS = 0;
 volatile const __u8 ANSWER_VERSION_NEGOTIATION = 0;
 
 // The check in the server's own connection IDs (datapath/src/cid_check.rs):
-// a CID is [engine ^ p0, p1, r0..r5], p0 and p1 the low bytes of
+// a CID is [engine ^ p0, p1, r0, ..., r5], p0 and p1 the low bytes of
 // SipHash-1-3 keyed (k0, k1) over the random bytes r, engine < engines.
 // After the handshake a client addresses the server only by CIDs the
 // server issued, so a short header or Handshake packet whose CID fails the

@@ -7,6 +7,7 @@
 #
 #   sudo scripts/demo.sh        # SIZE=4000000 STREAMS=16 CONNECTIONS=4 to vary the load,
 #                               # SERVER_ARGS="--ring-size 4096" for the server
+#                               # (split on spaces: no quoted values)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 connections=${CONNECTIONS:-4}
@@ -69,7 +70,8 @@ if [ "$(id -u)" = 0 ] && ip netns add "qxd-probe-$$" 2>/dev/null; then
     ip netns exec "$client" ping -c 1 -W 2 10.77.0.2 | grep received
 else
     echo "XDP needs root and network namespaces: running the echo server over kernel UDP on loopback"
-    "$bin/echo-server" --address 127.0.0.1 --ca-out "$work/ca.pem" >"$work/server.log" 2>&1 &
+    "$bin/echo-server" --address 127.0.0.1 --ca-out "$work/ca.pem" "${server_args[@]}" \
+        >"$work/server.log" 2>&1 &
     server_pid=$!
     wait_listening
     grep -E '^(mode|listening)' "$work/server.log"

@@ -2,11 +2,11 @@
 //! program (which drops packets whose destination CID the server cannot
 //! have issued) and the server (which issues and routes by it).
 //!
-//! A checked CID is `[engine ^ p0, p1, r0..r6]`: six random bytes `r`,
-//! and `p0, p1`, the first two bytes (little-endian) of SipHash-1-3 keyed
-//! with a 16-byte secret over `r`. It names one of `engines` engines, and
-//! without the key a forged CID passes about once in 65536 tries (with one
-//! engine; `256 / engines` times more often with more).
+//! A checked CID is `[engine ^ p0, p1, r0, ..., r5]`: six random bytes
+//! `r`, and `p0, p1`, the first two bytes (little-endian) of SipHash-1-3
+//! keyed with a 16-byte secret over `r`. It names one of `engines`
+//! engines, and without the key a forged CID passes about `engines` times
+//! in 65536 tries.
 
 use std::hash::Hasher;
 

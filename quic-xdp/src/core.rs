@@ -283,7 +283,7 @@ impl EngineCore {
             }
             Err(e) => {
                 // Garbage that looked like an Initial until decryption.
-                self.failed_attempts_time += started.elapsed();
+                self.failed_attempts_time += crate::initial_budget::chargeable(started.elapsed());
                 if let Some(t) = e.response {
                     self.queue_response(queue, &t);
                 }
@@ -548,7 +548,8 @@ impl EngineCore {
         }
     }
 
-    /// Time spent since the last call accepting attempts that failed.
+    /// Time spent since the last call accepting attempts that failed, each
+    /// capped as one Initial's charge is.
     pub fn take_failed_attempts_time(&mut self) -> Duration {
         std::mem::take(&mut self.failed_attempts_time)
     }

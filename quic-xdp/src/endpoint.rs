@@ -42,9 +42,10 @@ pub struct EndpointCounters {
     pub forwarded: u64,
     /// Such datagrams dropped because the owner's inbox was full.
     pub forward_dropped: u64,
-    /// Connection attempts (a client's first Initial) dropped unread
-    /// because attempts had used up their share of the engine's time: a
-    /// flood of them (the README, "What is steered").
+    /// Datagrams starting with a v1 Initial (a connection attempt, or a
+    /// handshake's later Initials) dropped unread because Initials had used
+    /// up their share of the engine's time: a flood of them (the README,
+    /// "What is steered").
     pub initials_shed: u64,
 }
 

@@ -158,7 +158,7 @@ impl Engine {
             self.core.admit_new(now);
             // Garbage that decrypted only as far as an attempt pays too.
             let wasted = self.core.take_failed_attempts_time();
-            self.initial_budget.charge(wasted);
+            self.initial_budget.charge_total(wasted);
             self.spawn_served();
             self.core.collect_dirty_and_expired(now);
             if received > 0 {

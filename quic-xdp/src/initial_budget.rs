@@ -9,7 +9,10 @@
 //! Past it, Initials are dropped unread (and counted) until time refills
 //! it. Every v1 Initial counts, not just those to CIDs we did not issue:
 //! an Initial to a dead CID of ours costs as much, and any client can
-//! learn one. Established connections (short headers) never wait for it.
+//! learn one, so a handshake's later Initials (its second flight, its
+//! retransmissions) count as well: during a flood, handshakes under way
+//! wait with the new ones. Established connections (short headers) never
+//! wait for it.
 //!
 //! Accepting an attempt whose packet then fails to decrypt (garbage that
 //! got that far) is charged too. What a successful acceptance costs (the
@@ -21,15 +24,21 @@
 
 use std::time::{Duration, Instant};
 
-/// The share of the engine's time first-flight Initials may take, as a
-/// divisor of elapsed time.
+/// The share of the engine's time Initials may take, as a divisor of
+/// elapsed time.
 const SHARE_DIVISOR: u32 = 4;
 /// The most credit that builds up while idle (a burst of a few thousand
 /// Initials), and the most debt.
 const MAX_CREDIT: Duration = Duration::from_millis(10);
-/// The most one charge counts: time measured on the wall clock includes
-/// time the thread was preempted, which is not the attempt's doing.
+/// The most one Initial (or one failed acceptance) is charged: time
+/// measured on the wall clock includes time the thread was preempted,
+/// which is not the attempt's doing.
 const MAX_CHARGE: Duration = Duration::from_millis(1);
+
+/// What one Initial's (or acceptance's) measured time is charged.
+pub(crate) fn chargeable(spent: Duration) -> Duration {
+    spent.min(MAX_CHARGE)
+}
 
 /// Whether `datagram` starts with a QUIC v1 Initial packet.
 pub(crate) fn is_initial(datagram: &[u8]) -> bool {
@@ -51,18 +60,24 @@ impl InitialBudget {
         }
     }
 
-    /// Whether a first-flight Initial may be handled at `now`.
+    /// Whether an Initial may be handled at `now`.
     pub fn allows(&mut self, now: Instant) -> bool {
-        let earned = now.saturating_duration_since(self.refilled) / SHARE_DIVISOR;
+        let earned =
+            (now.saturating_duration_since(self.refilled) / SHARE_DIVISOR).min(MAX_CREDIT * 2);
         self.refilled = self.refilled.max(now);
         self.credit_ns =
             (self.credit_ns + earned.as_nanos() as i64).min(MAX_CREDIT.as_nanos() as i64);
         self.credit_ns > 0
     }
 
-    /// Charges the time handling Initials took.
+    /// Charges the time handling one Initial took.
     pub fn charge(&mut self, spent: Duration) {
-        let spent = spent.min(MAX_CHARGE).as_nanos() as i64;
+        self.charge_total(chargeable(spent));
+    }
+
+    /// Charges time already capped per item (`chargeable`), summed.
+    pub fn charge_total(&mut self, spent: Duration) {
+        let spent = spent.min(MAX_CREDIT * 2).as_nanos() as i64;
         self.credit_ns = (self.credit_ns - spent).max(-(MAX_CREDIT.as_nanos() as i64));
     }
 }
@@ -121,6 +136,13 @@ mod tests {
         }
         assert!(!budget.allows(start + 4 * MAX_CREDIT - Duration::from_micros(10)));
         assert!(budget.allows(start + 4 * MAX_CREDIT + Duration::from_micros(10)));
+        // A pass's summed failed acceptances (each already capped) count
+        // whole, down to the same floor.
+        let later = start + 4 * MAX_CREDIT + Duration::from_micros(10);
+        budget.charge_total(Duration::from_secs(1));
+        assert!(!budget.allows(later + 4 * MAX_CREDIT));
+        assert!(budget.allows(later + 4 * MAX_CREDIT + Duration::from_micros(20)));
+        assert_eq!(chargeable(Duration::from_secs(1)), MAX_CHARGE);
     }
 
     #[test]

@@ -123,7 +123,7 @@ where
             ),
             (
                 "quic_xdp_initials_shed",
-                "Connection attempts dropped unread: attempts had used up their share of the engine's time",
+                "Datagrams with a QUIC Initial dropped unread: Initials had used up their share of the engine's time",
                 a.initials_shed,
             ),
         ] {
