@@ -100,6 +100,8 @@ pub(crate) struct EngineCore {
     touched: Vec<ConnectionHandle>,
     /// Where in the touched connections the next pass starts.
     drive_rotation: usize,
+    /// Datagrams the last `drive_touched` handed to the outbox.
+    sent_in_drive: usize,
     /// Time spent accepting attempts that failed (undecryptable), for the
     /// engine's Initial budget.
     failed_attempts_time: Duration,
@@ -131,6 +133,7 @@ impl EngineCore {
             tx_buf: Vec::with_capacity(64 * 1024),
             touched: Vec::new(),
             drive_rotation: 0,
+            sent_in_drive: 0,
             failed_attempts_time: Duration::ZERO,
             new_incoming: Vec::new(),
             responses: Vec::new(),
@@ -436,6 +439,7 @@ impl EngineCore {
             usize::MAX
         };
         let mut blocked = false;
+        self.sent_in_drive = 0;
         for h in touched.drain(..) {
             blocked |= self.drive(h, now, Some((&mut *out, budget)));
         }
@@ -466,6 +470,7 @@ impl EngineCore {
         }
         let was_connected = st.connected;
         let mut drained = false;
+        let given = out.as_ref().map_or(0, |(_, budget)| *budget);
         let mut out = out;
         let mut more = false;
         let blocked = loop {
@@ -492,6 +497,9 @@ impl EngineCore {
                 Transmitted::Some => {}
             }
         };
+        if let Some((_, left)) = &out {
+            self.sent_in_drive += given - left;
+        }
         let histograms = &self.shared.endpoint.histograms;
         if !was_connected && st.connected {
             self.handshaking -= 1;
@@ -552,6 +560,12 @@ impl EngineCore {
     /// capped as one Initial's charge is.
     pub fn take_failed_attempts_time(&mut self) -> Duration {
         std::mem::take(&mut self.failed_attempts_time)
+    }
+
+    /// Datagrams the last `drive_touched` handed to the outbox: whether a
+    /// blocked pass still made progress.
+    pub fn sent_in_last_drive(&self) -> usize {
+        self.sent_in_drive
     }
 
     /// Connections left with something to send after `drive_touched`.
@@ -959,7 +973,9 @@ mod tests {
         for pass in 0..clients.len() {
             now += Duration::from_micros(100);
             full.room = 10;
-            core.drive_touched(now, &mut full);
+            assert!(core.drive_touched(now, &mut full), "blocked");
+            // Blocked, but not stalled: the engine goes on at once.
+            assert_eq!(core.sent_in_last_drive(), 10);
             for (i, c) in clients.iter().enumerate() {
                 if full.recorder.sent_to(c.addr) > 0 {
                     first_sent[i].get_or_insert(pass);
@@ -971,6 +987,10 @@ mod tests {
             first_sent.iter().all(Option::is_some),
             "passes at which each connection first sent: {first_sent:?}"
         );
+        // No room at all: blocked and stalled (the engine backs off).
+        full.room = 0;
+        assert!(core.drive_touched(now, &mut full));
+        assert_eq!(core.sent_in_last_drive(), 0);
     }
 
     /// A few retained bytes of a datagram must not pin a large shared

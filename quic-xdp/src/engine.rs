@@ -40,8 +40,8 @@ use crate::{
 const BATCHES_PER_PASS: usize = 2;
 /// How often a closing engine looks at its drain deadline.
 const CLOSING_TICK: Duration = Duration::from_millis(100);
-/// Passes in a row a blocked transmit is retried right away, and how
-/// long the engine waits between retries after that.
+/// Passes in a row a blocked transmit that makes no progress is retried
+/// right away, and how long the engine waits between retries after that.
 const BLOCKED_YIELDS: u32 = 64;
 const BLOCKED_BACKOFF: Duration = Duration::from_millis(1);
 
@@ -182,7 +182,10 @@ impl Engine {
             if self.core.finished(now) {
                 break;
             }
-            blocked_passes = if blocked { blocked_passes + 1 } else { 0 };
+            // Backing off is for queues that take nothing: a pass that sent
+            // while the queue filled up again goes on at once.
+            let stalled = blocked && self.core.sent_in_last_drive() == 0;
+            blocked_passes = if stalled { blocked_passes + 1 } else { 0 };
             if received == 0 {
                 if !blocked && self.core.has_more() {
                     // Connections that spent their budget go on after the
