@@ -61,7 +61,7 @@ pub(crate) struct Engine {
     xdp_queue: usize,
     peers: Peers,
     outbox: Vec<Vec<Forwarded>>,
-    /// The share of this engine's time connection attempts may take.
+    /// The share of this engine's time Initials may take.
     initial_budget: InitialBudget,
 }
 
