@@ -940,8 +940,7 @@ mod tests {
 
     impl Outbox for FullOutbox {
         fn send(&mut self, queue: usize, t: &Transmit<'_>) -> io::Result<()> {
-            let size = t.segment_size.unwrap_or(t.contents.len());
-            let count = t.contents.len().div_ceil(size);
+            let count = segments(t.segment_size, t.contents.len());
             if count > self.room {
                 return Err(io::ErrorKind::WouldBlock.into());
             }

@@ -261,13 +261,9 @@ impl Engine {
                             data: data.into(),
                             via_kernel,
                         });
-                    } else if !is_initial(data) {
-                        core.handle(now, *qi, meta.remote, meta.local.ip(), ecn, data);
-                    } else if initial_budget.allows(now) {
-                        let start = Instant::now();
-                        core.handle(now, *qi, meta.remote, meta.local.ip(), ecn, data);
-                        initial_budget.charge(start.elapsed());
-                    } else {
+                    } else if !initial_budget.handle(now, is_initial(data), || {
+                        core.handle(now, *qi, meta.remote, meta.local.ip(), ecn, data)
+                    }) {
                         // A flood of connection attempts: the connections
                         // already served keep the rest of the engine.
                         shed += 1;
@@ -313,15 +309,10 @@ impl Engine {
             } else {
                 self.xdp_queue
             };
-            if !is_initial(&f.data) {
-                self.core
-                    .handle_owned(now, queue, f.remote, f.local, f.ecn, f.data);
-            } else if self.initial_budget.allows(now) {
-                let start = Instant::now();
-                self.core
-                    .handle_owned(now, queue, f.remote, f.local, f.ecn, f.data);
-                self.initial_budget.charge(start.elapsed());
-            } else {
+            let core = &mut self.core;
+            if !self.initial_budget.handle(now, is_initial(&f.data), || {
+                core.handle_owned(now, queue, f.remote, f.local, f.ecn, f.data)
+            }) {
                 shed += 1;
             }
         }

@@ -70,6 +70,23 @@ impl InitialBudget {
         self.credit_ns > 0
     }
 
+    /// Runs `handle` for a datagram, charging its time if the datagram
+    /// starts with an Initial (`initial`, see `is_initial`); returns false,
+    /// without running it, if it does and Initials have used up their
+    /// share (the datagram is shed).
+    pub fn handle(&mut self, now: Instant, initial: bool, handle: impl FnOnce()) -> bool {
+        if !initial {
+            handle();
+        } else if self.allows(now) {
+            let start = Instant::now();
+            handle();
+            self.charge(start.elapsed());
+        } else {
+            return false;
+        }
+        true
+    }
+
     /// Charges the time handling one Initial took.
     pub fn charge(&mut self, spent: Duration) {
         self.charge_total(chargeable(spent));
@@ -103,6 +120,19 @@ mod tests {
         // A quarter of a second of work (50,000 at 5 us) plus the burst.
         let most = (Duration::from_millis(250) + MAX_CREDIT).as_micros() as u32 / 5 + 1;
         assert!((50_000..=most).contains(&handled), "{handled}");
+    }
+
+    #[test]
+    fn only_initials_wait_for_the_budget() {
+        let start = Instant::now();
+        let mut budget = InitialBudget::new(start);
+        budget.charge_total(2 * MAX_CREDIT);
+        let mut ran = 0;
+        assert!(budget.handle(start, false, || ran += 1), "not an Initial");
+        assert!(!budget.handle(start, true, || ran += 1), "an Initial, shed");
+        assert_eq!(ran, 1);
+        assert!(budget.handle(start + 8 * MAX_CREDIT, true, || ran += 1));
+        assert_eq!(ran, 2);
     }
 
     #[test]
