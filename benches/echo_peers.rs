@@ -82,6 +82,26 @@ pub enum Running {
     Quinn(quinn::Endpoint),
 }
 
+// Each server echoes with its library's zero-copy calls: received chunks
+// go back as they came.
+async fn echo_quic_xdp(mut send: quic_xdp::SendStream, mut recv: quic_xdp::RecvStream) {
+    while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX).await {
+        if send.write_chunk(chunk).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+async fn echo_quinn(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
+        if send.write_chunk(chunk.bytes).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
 pub fn start(
     net: &TestNet,
     rt: &Runtime,
@@ -110,12 +130,8 @@ pub fn start(
             let ep = net.server.run(|| builder.bind())?;
             // Run to completion: the echo runs on the engine thread.
             ep.serve(|conn| async move {
-                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                    tokio::spawn(async move {
-                        if tokio::io::copy(&mut recv, &mut send).await.is_ok() {
-                            let _ = send.finish();
-                        }
-                    });
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    tokio::spawn(echo_quic_xdp(send, recv));
                 }
             })?;
             Ok(Running::QuicXdp(ep))
@@ -143,12 +159,8 @@ pub fn start(
                 while let Some(incoming) = accept.accept().await {
                     tokio::spawn(async move {
                         let Ok(conn) = incoming.await else { return };
-                        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                            tokio::spawn(async move {
-                                if tokio::io::copy(&mut recv, &mut send).await.is_ok() {
-                                    let _ = send.finish();
-                                }
-                            });
+                        while let Ok((send, recv)) = conn.accept_bi().await {
+                            tokio::spawn(echo_quinn(send, recv));
                         }
                     });
                 }

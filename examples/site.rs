@@ -3,7 +3,10 @@
 //! implementation that speaks h3's traits (quic-xdp here, quinn in the
 //! benchmark's peer), with request limits and a graceful drain.
 
+mod workers;
+
 use std::{
+    sync::Arc,
     task::{Context, Poll, Waker},
     time::Duration,
 };
@@ -44,14 +47,20 @@ where
         Err(e) => return tracing::info!(error = %e, "HTTP/3 setup failed"),
     };
     tracing::debug!("HTTP/3 ready");
-    let mut requests = tokio::task::JoinSet::new();
+    let handler_site = Arc::new(site.clone());
+    let requests = workers::Workers::new(move |resolver| {
+        let site = handler_site.clone();
+        async move { handle(resolver, &site).await }
+    });
+    let mut trim = tokio::time::interval(TRIM_WORKERS);
+    trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut drain = site.draining.clone();
     let mut phase = Phase::Serving;
     let mut accepting = true;
     let mut accepted_any = false;
     loop {
         let serving_done = !accepting || phase == Phase::Final;
-        if serving_done && requests.is_empty() {
+        if serving_done && requests.open() == 0 {
             break;
         }
         let grace_until = match phase {
@@ -69,14 +78,13 @@ where
                 Ok(Some(resolver)) => {
                     tracing::debug!("request stream accepted");
                     accepted_any = true;
-                    requests.spawn(handle(resolver, site.clone()));
+                    requests.push(resolver);
                 }
                 // Nothing more to accept: the requests under way finish.
                 Ok(None) => accepting = false,
                 Err(e) => {
                     tracing::debug!(error = %e, "connection ended");
                     // Their streams fail with the connection anyway.
-                    requests.detach_all();
                     return;
                 }
             },
@@ -100,7 +108,8 @@ where
                 }
                 phase = Phase::Final;
             }
-            Some(_) = requests.join_next(), if !requests.is_empty() => {}
+            () = requests.all_done(), if requests.open() > 0 => {}
+            _ = trim.tick(), if requests.live() > 0 => requests.trim(),
         }
     }
     // Dropping `h3` closes the connection with H3_NO_ERROR once the
@@ -118,20 +127,23 @@ enum Phase {
     Final,
 }
 
+/// How often a connection ends the request workers it no longer needs.
+const TRIM_WORKERS: Duration = Duration::from_secs(1);
+
 /// How long a draining connection keeps accepting the requests a client
 /// sent before it saw the first GOAWAY: a generous round trip.
 const GOAWAY_GRACE: Duration = Duration::from_millis(500);
 
 /// One request: its headers (within the request timeout), then the
 /// response, then the request side's end.
-async fn handle<C>(resolver: h3::server::RequestResolver<C, Bytes>, site: Site)
+async fn handle<C>(resolver: h3::server::RequestResolver<C, Bytes>, site: &Site)
 where
     C: h3::quic::Connection<Bytes>,
 {
     let resolved = tokio::time::timeout(site.request_timeout, resolver.resolve_request()).await;
     match resolved {
         Ok(Ok((request, mut stream))) => {
-            if let Err(e) = respond(request, &mut stream, &site).await {
+            if let Err(e) = respond(request, &mut stream, site).await {
                 tracing::debug!(error = %e, "request failed");
                 // Not a FIN: a cut-short body must not look complete.
                 stream.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);

@@ -114,13 +114,25 @@ impl SendStream {
         Ok(())
     }
 
-    /// Writes `chunk` without copying when quinn-proto can take it whole.
+    /// Writes all of `chunk` without copying it: quinn-proto keeps the
+    /// `Bytes` (and so whatever buffer it is a slice of) until the peer
+    /// has acknowledged it.
     pub async fn write_chunk(&mut self, mut chunk: Bytes) -> Result<(), WriteError> {
         while !chunk.is_empty() {
-            let n = self.write(&chunk).await?;
-            let _ = chunk.split_to(n);
+            poll_fn(|cx| self.poll_write_chunk(cx, &mut chunk)).await?;
         }
         Ok(())
+    }
+
+    /// Writes a prefix of `chunk` without copying; the rest stays in it.
+    pub(crate) fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<Result<usize, WriteError>> {
+        self.poll_write_with(cx, |s| {
+            s.write_chunks(std::slice::from_mut(chunk)).map(|w| w.bytes)
+        })
     }
 
     pub(crate) fn poll_write_buf(
@@ -128,11 +140,21 @@ impl SendStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<Result<usize, WriteError>> {
+        self.poll_write_with(cx, |s| s.write(buf))
+    }
+
+    /// Runs one write operation on the stream, waiting while flow control
+    /// allows nothing.
+    fn poll_write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(&mut quinn_proto::SendStream<'_>) -> Result<usize, quinn_proto::WriteError>,
+    ) -> Poll<Result<usize, WriteError>> {
         let mut st = self.conn.lock();
         if let Some(e) = &st.error {
             return Poll::Ready(Err(WriteError::ConnectionLost(e.clone())));
         }
-        match st.inner.send_stream(self.id).write(buf) {
+        match write(&mut st.inner.send_stream(self.id)) {
             Ok(n) => {
                 drop(st);
                 self.conn.wake_engine();

@@ -159,11 +159,17 @@ impl<B: Buf> quic::OpenStreams<B> for H3Opener {
     }
 }
 
+/// Frames up to this size go to quinn-proto as one copied `Bytes`;
+/// larger ones piece by piece, each copied as flow control takes it.
+const GATHER_LIMIT: usize = 16 * 1024;
+
 /// Sending half: h3 hands over one buffer at a time (`send_data`) and
 /// drives it out with `poll_ready`.
 pub struct H3SendStream<B: Buf> {
     stream: SendStream,
     writing: Option<WriteBuf<B>>,
+    /// A small frame copied whole out of `writing`, still to be written.
+    gathered: Bytes,
     /// Whether h3 ever wrote to, finished or reset it: one dropped before
     /// carries no response at all, and is reset rather than ended as if
     /// complete.
@@ -175,6 +181,7 @@ impl<B: Buf> H3SendStream<B> {
         Self {
             stream,
             writing: None,
+            gathered: Bytes::new(),
             used: false,
         }
     }
@@ -191,13 +198,27 @@ impl<B: Buf> Drop for H3SendStream<B> {
 
 impl<B: Buf> quic::SendStream<B> for H3SendStream<B> {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
-        while let Some(data) = &mut self.writing {
-            if !data.has_remaining() {
+        loop {
+            if !self.gathered.is_empty() {
+                ready!(self.stream.poll_write_chunk(cx, &mut self.gathered))
+                    .map_err(write_error)?;
+                continue;
+            }
+            let Some(data) = &mut self.writing else { break };
+            let remaining = data.remaining();
+            if remaining == 0 {
                 self.writing = None;
                 break;
             }
-            let n = ready!(self.stream.poll_write_buf(cx, data.chunk())).map_err(write_error)?;
-            data.advance(n);
+            if data.chunk().len() < remaining && remaining <= GATHER_LIMIT {
+                // A frame header and a small payload: one copy and one
+                // write, where writing each piece would copy each.
+                self.gathered = data.copy_to_bytes(remaining);
+            } else {
+                let n =
+                    ready!(self.stream.poll_write_buf(cx, data.chunk())).map_err(write_error)?;
+                data.advance(n);
+            }
         }
         Poll::Ready(Ok(()))
     }
