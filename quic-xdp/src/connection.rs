@@ -92,6 +92,12 @@ impl Incoming {
         }
     }
 
+    /// Hands the attempt to the serve handler (`Endpoint::serve`).
+    pub(crate) fn serve(mut self) {
+        let (incoming, queue) = self.take().expect("decided once");
+        self.engine.command(Command::Serve(incoming, queue));
+    }
+
     /// Answers with CONNECTION_REFUSED.
     pub fn refuse(mut self) {
         let (incoming, queue) = self.take().expect("decided once");

@@ -221,6 +221,7 @@ impl EngineCore {
             if matches!(
                 command,
                 Command::Accept { .. }
+                    | Command::Serve(..)
                     | Command::Refuse(..)
                     | Command::Retry(..)
                     | Command::Ignore(..)
@@ -238,6 +239,7 @@ impl EngineCore {
                     // then closes when its last reference goes.
                     let _ = reply.send(result);
                 }
+                Command::Serve(incoming, queue) => self.serve(incoming, queue, now),
                 Command::Refuse(incoming, queue) => self.refuse(incoming, queue),
                 Command::Retry(incoming, queue) => self.retry(incoming, queue),
                 Command::Ignore(incoming) => self.endpoint.ignore(incoming),
@@ -379,16 +381,27 @@ impl EngineCore {
                 self.retry(incoming, queue);
                 continue;
             }
-            if self.handler.get().is_some() {
-                if let Ok(conn) = self.accept(incoming, queue, now) {
-                    self.served
-                        .push(Connecting::handshaking(ConnRef::new(conn)));
+            if self.handler.get().is_none() {
+                // Looked at again under the queue's lock: `Endpoint::serve`
+                // sets the handler, then takes this queue under it, so an
+                // attempt is either queued before that or served here.
+                let mut waiting = lock(&endpoint.incoming);
+                if self.handler.get().is_none() {
+                    waiting.push_back(Incoming::new(incoming, queue, self.shared.clone()));
+                    drop(waiting);
+                    endpoint.incoming_ready.notify_one();
+                    continue;
                 }
-                continue;
             }
-            let incoming = Incoming::new(incoming, queue, self.shared.clone());
-            lock(&endpoint.incoming).push_back(incoming);
-            endpoint.incoming_ready.notify_one();
+            self.serve(incoming, queue, now);
+        }
+    }
+
+    /// Accepts an attempt for the serve handler.
+    fn serve(&mut self, incoming: quinn_proto::Incoming, queue: usize, now: Instant) {
+        if let Ok(conn) = self.accept(incoming, queue, now) {
+            self.served
+                .push(Connecting::handshaking(ConnRef::new(conn)));
         }
     }
 

@@ -222,7 +222,8 @@ impl Endpoint {
         })
     }
 
-    /// The next connection attempt; `None` once the endpoint is closed.
+    /// The next connection attempt; `None` once the endpoint is closed or
+    /// serves (`serve`: the handler gets every attempt).
     pub async fn accept(&self) -> Option<Incoming> {
         let shared = &self.inner.shared;
         loop {
@@ -232,7 +233,7 @@ impl Endpoint {
             if let Some(incoming) = lock(&shared.incoming).pop_front() {
                 return Some(incoming);
             }
-            if shared.closed.load(Ordering::Acquire) {
+            if shared.closed.load(Ordering::Acquire) || self.inner.handler.get().is_some() {
                 return None;
             }
             notified.await;
@@ -247,9 +248,9 @@ impl Endpoint {
     /// run on that thread too; the handler must not block it.
     ///
     /// The engines accept every attempt that admission lets through
-    /// (connection limit, Retry policy) from then on; attempts already
-    /// waiting for [`accept`](Self::accept) stay there. Fails if a handler
-    /// is already set.
+    /// (connection limit, Retry policy), including those that arrived
+    /// since `bind` and wait for [`accept`](Self::accept), which returns
+    /// `None` from then on. Fails if a handler is already set.
     pub fn serve<F, Fut>(&self, handler: F) -> Result<(), Error>
     where
         F: Fn(Connection) -> Fut + Send + Sync + 'static,
@@ -260,6 +261,14 @@ impl Endpoint {
             .handler
             .set(handler)
             .map_err(|_| Error::AlreadyServing)?;
+        // Attempts that arrived between bind and now are the handler's too:
+        // nobody may ever call accept. Taken after the handler is set (see
+        // `EngineCore::admit_new`), so none is left behind.
+        let waiting = std::mem::take(&mut *lock(&self.inner.shared.incoming));
+        for incoming in waiting {
+            incoming.serve();
+        }
+        self.inner.shared.incoming_ready.notify_waiters();
         for engine in &self.inner.engines {
             engine.waker.wake();
         }

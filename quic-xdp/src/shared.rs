@@ -38,6 +38,9 @@ pub(crate) enum Command {
         queue: usize,
         reply: tokio::sync::oneshot::Sender<Result<Arc<ConnShared>, ConnectionError>>,
     },
+    /// Accept for the serve handler: an attempt that waited for `accept`
+    /// when the handler was set.
+    Serve(quinn_proto::Incoming, usize),
     Refuse(quinn_proto::Incoming, usize),
     Retry(quinn_proto::Incoming, usize),
     Ignore(quinn_proto::Incoming),

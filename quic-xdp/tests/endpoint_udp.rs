@@ -510,6 +510,38 @@ async fn shutdown_closes_connections_and_stops_accepting() {
     std::net::UdpSocket::bind(ep.local_addr()).unwrap();
 }
 
+/// An attempt that arrives between bind and `serve` is the handler's too
+/// (it used to wait for an `accept` that a serving program never calls,
+/// and the client timed out), and `accept` then returns `None`.
+#[tokio::test]
+async fn serve_takes_the_attempts_that_arrived_before_it() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    let connecting = client.connect(server, "localhost").unwrap();
+    // The engine holds the attempt once its Initial was received.
+    timeout(Duration::from_secs(10), async {
+        while ep.stats().datapath.rx_packets == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the Initial reached the endpoint");
+    serve_echo(&ep);
+    let conn = timeout(Duration::from_secs(10), connecting)
+        .await
+        .expect("served, not left waiting for accept")
+        .unwrap();
+    assert_eq!(echo_stream(&conn, b"x").await, b"x");
+    assert!(
+        timeout(Duration::from_secs(1), ep.accept())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    conn.close(0u32.into(), b"done");
+    ep.shutdown().await;
+}
+
 /// `Endpoint::serve`: handlers run on the engine thread; echo of every
 /// size, datagrams, many connections; a second handler is refused.
 #[tokio::test]
