@@ -143,6 +143,9 @@ struct Run {
     errors: u64,
     requests: f64,
     client_cpu: std::time::Duration,
+    /// UDP datagrams the client received and sent, per request.
+    received_per_req: f64,
+    sent_per_req: f64,
 }
 
 fn load(net: &TestNet, args: &Args, dir: &Path) -> anyhow::Result<Run> {
@@ -176,7 +179,11 @@ fn load(net: &TestNet, args: &Args, dir: &Path) -> anyhow::Result<Run> {
     let errors: u64 = json["errors"]
         .as_object()
         .map_or(0, |e| e.values().filter_map(|v| v.as_u64()).sum());
+    let requests = json["requests_ok"].as_f64().unwrap_or_default().max(1.0);
+    let per_req = |key: &str| json["datagrams"][key].as_f64().unwrap_or(f64::NAN) / requests;
     Ok(Run {
+        received_per_req: per_req("received"),
+        sent_per_req: per_req("sent"),
         rps: json["requests_per_s"].as_f64().unwrap_or_default(),
         p50: json["latency_ms"]["p50"].as_f64().unwrap_or_default(),
         p99: json["latency_ms"]["p99"].as_f64().unwrap_or_default(),
@@ -197,6 +204,8 @@ fn main() -> anyhow::Result<()> {
     let mut p99 = vec![Vec::new(); SERVERS.len()];
     let mut cpu = vec![Vec::new(); SERVERS.len()];
     let mut client_cpu = vec![Vec::new(); SERVERS.len()];
+    let mut received = vec![Vec::new(); SERVERS.len()];
+    let mut sent = vec![Vec::new(); SERVERS.len()];
     let mut errors = vec![0u64; SERVERS.len()];
     for round in 0..args.rounds {
         for (i, (name, bin, extra)) in SERVERS.iter().enumerate() {
@@ -208,9 +217,11 @@ fn main() -> anyhow::Result<()> {
             let us_per_req = used.as_secs_f64() * 1e6 / run.requests.max(1.0);
             let client_us = run.client_cpu.as_secs_f64() * 1e6 / run.requests.max(1.0);
             eprintln!(
-                "round {round}: {name:<34} {:>8.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {us_per_req:.0} us CPU/req (client {client_us:.0}), {} errors",
-                run.rps, run.p50, run.p99, run.errors
+                "round {round}: {name:<34} {:>8.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {us_per_req:.1} us CPU/req (client {client_us:.1}), datagrams/req {:.2} from, {:.2} to the server, {} errors",
+                run.rps, run.p50, run.p99, run.received_per_req, run.sent_per_req, run.errors
             );
+            received[i].push(run.received_per_req);
+            sent[i].push(run.sent_per_req);
             client_cpu[i].push(client_us);
             rps[i].push(run.rps);
             p50[i].push(run.p50);
@@ -235,12 +246,12 @@ fn main() -> anyhow::Result<()> {
         args.rounds
     );
     println!(
-        "| server | req/s | req/s vs quinn | p50 ms | p99 ms | p99 vs quinn | server CPU us/req | CPU vs quinn | client CPU us/req | errors |"
+        "| server | req/s | req/s vs quinn | p50 ms | p99 ms | p99 vs quinn | server CPU us/req | CPU vs quinn | client CPU us/req | datagrams/req from server | to server | errors |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (i, (name, ..)) in SERVERS.iter().enumerate() {
         println!(
-            "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.0} | {} |",
+            "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2} | {} |",
             common::spread(&rps[i], 0),
             med(&rps[i]) / med(&rps[reference]),
             med(&p50[i]),
@@ -249,6 +260,8 @@ fn main() -> anyhow::Result<()> {
             med(&cpu[i]),
             med(&cpu[i]) / med(&cpu[reference]),
             med(&client_cpu[i]),
+            med(&received[i]),
+            med(&sent[i]),
             errors[i]
         );
     }

@@ -134,11 +134,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client = client_endpoint(&args, target)?;
 
     let mut senders = Vec::new();
+    let mut conns = Vec::new();
     for _ in 0..args.connections {
         let conn = client
             .connect(target, &server_name)?
             .await
             .with_context(|| format!("connecting to {target}"))?;
+        conns.push(conn.clone());
         let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
         tokio::spawn(async move {
             let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
@@ -229,7 +231,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tally.stop.store(true, Ordering::Relaxed);
     progress.finish_and_clear();
 
-    let summary = summarize(&args, &tally, elapsed);
+    let summary = summarize(&args, &tally, elapsed, &conns);
     print_summary(&summary);
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&summary)?;
@@ -328,12 +330,22 @@ async fn request(
     Outcome::Done
 }
 
-fn summarize(args: &Args, tally: &Tally, elapsed: Duration) -> serde_json::Value {
+fn summarize(
+    args: &Args,
+    tally: &Tally,
+    elapsed: Duration,
+    conns: &[quinn::Connection],
+) -> serde_json::Value {
     let h = tally.latency_us.lock().unwrap();
     let secs = elapsed.as_secs_f64();
     let ok = tally.ok.load(Ordering::Relaxed);
     let bytes = tally.bytes.load(Ordering::Relaxed);
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    // UDP datagrams over the run (handshakes included): how many packets
+    // a request costs each side.
+    let (received, sent) = conns.iter().map(|c| c.stats()).fold((0, 0), |(r, s), st| {
+        (r + st.udp_rx.datagrams, s + st.udp_tx.datagrams)
+    });
     serde_json::json!({
         "urls": args.urls.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "connections": args.connections,
@@ -347,6 +359,7 @@ fn summarize(args: &Args, tally: &Tally, elapsed: Duration) -> serde_json::Value
             "p50": ms(0.50), "p90": ms(0.90), "p99": ms(0.99),
             "max": h.max() as f64 / 1000.0,
         },
+        "datagrams": { "received": received, "sent": sent },
     })
 }
 

@@ -135,11 +135,6 @@ where
 
     async fn worker(this: Arc<Self>) {
         loop {
-            let arrived = this.arrived.notified();
-            tokio::pin!(arrived);
-            // Enabled before the queue is looked at: a request pushed
-            // after that look wakes this worker.
-            arrived.as_mut().enable();
             let next = this.lock().pop_front();
             if let Some(request) = next {
                 let _open = Open(&this);
@@ -148,12 +143,25 @@ where
                 let _ = AssertUnwindSafe((this.work)(request)).catch_unwind().await;
                 continue;
             }
+            // Registered only while idle: a busy worker must not be the
+            // one a push wakes.
+            let arrived = this.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            // A push between the look above and the registration woke
+            // nobody: look again.
+            if !this.lock().is_empty() {
+                continue;
+            }
             if this.closed.load(SeqCst) {
                 this.live_workers.fetch_sub(1, SeqCst);
                 return;
             }
-            if this.take_retirement() && this.retire() {
-                return;
+            if this.take_retirement() {
+                if this.retire() {
+                    return;
+                }
+                continue;
             }
             arrived.await;
         }

@@ -18,39 +18,55 @@ impl Drop for Server {
     }
 }
 
-fn start_server(port: u16, dir: &std::path::Path) -> Server {
-    start_server_with(port, dir, &[])
+fn start_server(dir: &std::path::Path) -> (Server, u16) {
+    start_server_with(dir, &[])
 }
 
-fn start_server_with(port: u16, dir: &std::path::Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_h3-server"))
-        .args([
-            "--address",
-            "127.0.0.1",
-            "--mode",
-            "udp",
-            "--port",
-            &port.to_string(),
-        ])
-        .arg("--root")
-        .arg(dir)
-        .arg("--ca-out")
-        .arg(dir.join("ca.pem"))
-        .env("SSLKEYLOGFILE", dir.join("keylog.txt"))
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let head = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .take_while(|l| !l.starts_with("listening"))
-        .collect();
-    // Read on: a server stopped gracefully prints its counters.
-    std::thread::spawn(move || lines.for_each(drop));
-    Server(child, head)
+/// Starts h3-server on a free port, and says which. A port found free
+/// can be taken by another test's client before the server binds it:
+/// then the server ends without listening, and another port is tried.
+fn start_server_with(dir: &std::path::Path, extra: &[&str]) -> (Server, u16) {
+    for _ in 0..5 {
+        let port = support::free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_h3-server"))
+            .args([
+                "--address",
+                "127.0.0.1",
+                "--mode",
+                "udp",
+                "--port",
+                &port.to_string(),
+            ])
+            .arg("--root")
+            .arg(dir)
+            .arg("--ca-out")
+            .arg(dir.join("ca.pem"))
+            .env("SSLKEYLOGFILE", dir.join("keylog.txt"))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut head = Vec::new();
+        let listening = lines.by_ref().map_while(Result::ok).any(|l| {
+            let found = l.starts_with("listening");
+            head.push(l);
+            found
+        });
+        if !listening {
+            eprintln!(
+                "h3-server did not listen on port {port}: {:?}",
+                child.wait()
+            );
+            continue;
+        }
+        head.pop();
+        // Read on: a server stopped gracefully prints its counters.
+        std::thread::spawn(move || lines.for_each(drop));
+        return (Server(child, head), port);
+    }
+    panic!("h3-server did not start on any of 5 free ports");
 }
 
 fn load(args: &[&str]) -> (bool, serde_json::Value) {
@@ -60,7 +76,14 @@ fn load(args: &[&str]) -> (bool, serde_json::Value) {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let json = &stdout[stdout.find("\n{").expect("a JSON summary") + 1..];
+    let Some(start) = stdout.find("\n{") else {
+        panic!(
+            "no JSON summary from h3-load ({}); stdout: {stdout}; stderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let json = &stdout[start + 1..];
     (out.status.success(), serde_json::from_str(json).unwrap())
 }
 
@@ -69,8 +92,7 @@ fn counts_requests_and_errors_by_kind() {
     let dir = std::env::temp_dir().join(format!("qx-h3load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("index.html"), b"<h1>hi</h1>").unwrap();
-    let port = support::free_port();
-    let _server = start_server(port, &dir);
+    let (_server, port) = start_server(&dir);
     let base = format!("https://localhost:{port}");
     let connect = format!("127.0.0.1:{port}");
     let ca = dir.join("ca.pem");
@@ -97,6 +119,9 @@ fn counts_requests_and_errors_by_kind() {
     assert_eq!(s["errors"], serde_json::json!({}), "{s}");
     assert!(s["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{s}");
     assert!(s["bytes_per_s"].as_f64().unwrap() > 0.0, "{s}");
+    // Half the responses are 5000 bytes: four datagrams each at least.
+    assert!(s["datagrams"]["received"].as_u64().unwrap() >= 600, "{s}");
+    assert!(s["datagrams"]["sent"].as_u64().unwrap() > 0, "{s}");
 
     // Open loop at a fixed rate, trusting any certificate.
     let (ok, s) = load(&[
@@ -176,9 +201,7 @@ fn limits_answer_with_the_right_error_and_others_are_served() {
     let dir = std::env::temp_dir().join(format!("qx-h3limits-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("index.html"), b"<h1>hi</h1>").unwrap();
-    let port = support::free_port();
-    let _server = start_server_with(
-        port,
+    let (_server, port) = start_server_with(
         &dir,
         &[
             "--max-header-size",
@@ -312,10 +335,8 @@ fn metrics_key_log_and_qlog_follow_the_connections() {
     let dir = std::env::temp_dir().join(format!("qx-h3metrics-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("index.html"), b"<h1>hi</h1>").unwrap();
-    let port = support::free_port();
     let qlog = dir.join("qlog");
-    let server = start_server_with(
-        port,
+    let (server, port) = start_server_with(
         &dir,
         &[
             "--metrics",
@@ -530,8 +551,7 @@ fn tcp_and_http3_serve_identically_with_validators_and_ranges() {
     let page: Vec<u8> = (0..5000u32).map(|i| (i % 97) as u8 + b' ').collect();
     std::fs::write(dir.join("page.txt"), &page).unwrap();
     std::fs::write(dir.join("empty.txt"), b"").unwrap();
-    let port = support::free_port();
-    let server = start_server_with(port, &dir, &["--tcp"]);
+    let (server, port) = start_server_with(&dir, &["--tcp"]);
     let ca = dir.join("ca.pem");
     let base = format!("https://127.0.0.1:{port}");
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -651,8 +671,7 @@ fn the_source_policy_applies_to_the_tcp_listener() {
     let dir = std::env::temp_dir().join(format!("qx-h3tcpdeny-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("index.html"), b"hi").unwrap();
-    let port = support::free_port();
-    let _server = start_server_with(port, &dir, &["--tcp", "--deny", "127.0.0.0/8"]);
+    let (_server, port) = start_server_with(&dir, &["--tcp", "--deny", "127.0.0.0/8"]);
     let status = Command::new("curl")
         .args(["-s", "--max-time", "5", "--cacert"])
         .arg(dir.join("ca.pem"))
