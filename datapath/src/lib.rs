@@ -32,6 +32,8 @@ pub mod route;
 pub mod source_policy;
 #[cfg(feature = "testbed")]
 pub mod testbed;
+#[cfg(feature = "quinn")]
+mod tx_room;
 pub mod udp;
 pub mod xsk;
 

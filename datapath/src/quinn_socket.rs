@@ -15,7 +15,7 @@ use std::{
     fmt,
     io::{self, IoSliceMut},
     net::SocketAddr,
-    os::fd::{AsRawFd, RawFd},
+    os::fd::{AsRawFd, BorrowedFd, RawFd},
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
@@ -24,7 +24,10 @@ use std::{
 use quinn::{AsyncUdpSocket, UdpPoller, udp::RecvMeta};
 use tokio::io::unix::AsyncFd;
 
-use crate::{ActiveMode, Datapath, DatapathConfig, PacketIo, QueueKind, Result, RxMeta, Transmit};
+use crate::{
+    ActiveMode, Datapath, DatapathConfig, PacketIo, QueueKind, Result, RxMeta, Transmit,
+    tx_room::{self, RoomWait},
+};
 
 /// A quinn socket on the AF_XDP datapath. Create it inside a tokio
 /// runtime (readiness is tokio's).
@@ -222,7 +225,10 @@ impl fmt::Debug for XdpUdpSocket {
 
 impl AsyncUdpSocket for XdpUdpSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        Box::pin(Writable(self))
+        Box::pin(Writable {
+            socket: self,
+            room: RoomWait::new(tx_room::BACKSTOP),
+        })
     }
 
     fn try_send(&self, transmit: &quinn::udp::Transmit<'_>) -> io::Result<()> {
@@ -283,21 +289,29 @@ impl AsyncUdpSocket for XdpUdpSocket {
     }
 }
 
-/// quinn asks before sending again after `WouldBlock`: flushing hands the
-/// ring to the kernel, which makes room as it sends (copy mode sends in
-/// the flush itself).
+/// quinn asks before sending again after `WouldBlock` (the tx ring was
+/// full): it waits for room (see `tx_room`).
 #[derive(Debug)]
-struct Writable(Arc<XdpUdpSocket>);
+struct Writable {
+    socket: Arc<XdpUdpSocket>,
+    room: RoomWait,
+}
+
+impl XdpUdpSocket {
+    /// Flushes the first queue; whether frames are still waiting in it.
+    fn flush_first(&self) -> io::Result<bool> {
+        let mut first = lock(&self.queues[0]);
+        first.flush()?;
+        Ok(first.tx_pending())
+    }
+}
 
 impl UdpPoller for Writable {
     fn poll_writable(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut first = lock(&self.0.queues[0]);
-        first.flush()?;
-        if first.tx_pending() {
-            // The kernel was busy: try again on the next turn.
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        Poll::Ready(Ok(()))
+        let Self { socket, room } = self.get_mut();
+        let fd = lock(&socket.queues[0]).raw_fd();
+        // SAFETY: the queue owns the descriptor and outlives this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        room.poll(cx, fd, || socket.flush_first())
     }
 }

@@ -1,0 +1,202 @@
+//! Waiting for room in an AF_XDP tx ring without spinning.
+//!
+//! A flush hands the ring to the kernel; if frames stay in it, the kernel
+//! was busy, and room comes back as it completes what it sent. The AF_XDP
+//! descriptor then reports writable (its ring is less than half full;
+//! in copy mode, polling it also drives transmission). The descriptor is
+//! registered for writability only while a sender waits, through a
+//! duplicate, so that completions wake nobody otherwise. A backstop timer
+//! covers a kernel that sent nothing, and so completes nothing.
+
+use std::{
+    io,
+    os::fd::{BorrowedFd, OwnedFd},
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{io::unix::AsyncFd, time::Sleep};
+
+/// How long a waiting sender goes without flushing at most.
+pub(crate) const BACKSTOP: Duration = Duration::from_millis(1);
+
+/// One sender's wait for room; idle until it first finds the ring busy.
+#[derive(Debug)]
+pub(crate) struct RoomWait {
+    backstop: Duration,
+    blocked: Option<Blocked>,
+}
+
+#[derive(Debug)]
+struct Blocked {
+    fd: AsyncFd<OwnedFd>,
+    backstop: Pin<Box<Sleep>>,
+}
+
+impl RoomWait {
+    pub fn new(backstop: Duration) -> Self {
+        Self {
+            backstop,
+            blocked: None,
+        }
+    }
+
+    /// Ready once `flush` (hands the ring to the kernel; says whether
+    /// frames still wait in it) finds the ring drained. Until then the
+    /// task is woken when `fd` becomes writable, or by the backstop.
+    /// Needs a tokio runtime with time and I/O.
+    pub fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        fd: BorrowedFd<'_>,
+        mut flush: impl FnMut() -> io::Result<bool>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let Some(blocked) = &mut self.blocked else {
+                if !flush()? {
+                    return Poll::Ready(Ok(()));
+                }
+                self.blocked = Some(Blocked::register(fd, self.backstop)?);
+                continue;
+            };
+            // Readiness is taken before the flush: what completes during
+            // it stays reported (tokio clears only what it handed out).
+            let ready = match blocked.fd.poll_write_ready(cx) {
+                Poll::Ready(ready) => Some(ready?),
+                Poll::Pending => None,
+            };
+            let timed_out = blocked.backstop.as_mut().poll(cx).is_ready();
+            if ready.is_none() && !timed_out {
+                return Poll::Pending;
+            }
+            if !flush()? {
+                self.blocked = None;
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(mut ready) = ready {
+                ready.clear_ready();
+            }
+            if timed_out {
+                let next = tokio::time::Instant::now() + self.backstop;
+                blocked.backstop.as_mut().reset(next);
+            }
+        }
+    }
+}
+
+impl Blocked {
+    fn register(fd: BorrowedFd<'_>, backstop: Duration) -> io::Result<Self> {
+        let dup = fd.try_clone_to_owned()?;
+        // SAFETY: the registration owns the duplicate, which it closes only
+        // after deregistering.
+        let fd = unsafe { AsyncFd::register_with_interest(dup, tokio::io::Interest::WRITABLE) }?;
+        Ok(Self {
+            fd,
+            backstop: Box::pin(tokio::time::sleep(backstop)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        os::{fd::AsFd, unix::net::UnixDatagram},
+        sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
+        },
+    };
+
+    use super::*;
+
+    /// A descriptor that is not writable: a datagram socket whose peer's
+    /// queue is full. Reading the peer makes it writable.
+    fn unwritable() -> (UnixDatagram, UnixDatagram) {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        while a.send(b"x").is_ok() {}
+        (a, b)
+    }
+
+    /// A stand-in for the ring: `busy` says whether frames still wait;
+    /// every flush is counted.
+    struct Ring {
+        busy: AtomicBool,
+        flushes: AtomicUsize,
+    }
+
+    impl Ring {
+        fn new(busy: bool) -> Arc<Self> {
+            Arc::new(Self {
+                busy: AtomicBool::new(busy),
+                flushes: AtomicUsize::new(0),
+            })
+        }
+
+        fn flush(&self) -> io::Result<bool> {
+            self.flushes.fetch_add(1, SeqCst);
+            Ok(self.busy.load(SeqCst))
+        }
+    }
+
+    async fn wait(wait: &mut RoomWait, fd: &UnixDatagram, ring: &Ring) -> io::Result<()> {
+        std::future::poll_fn(|cx| wait.poll(cx, fd.as_fd(), || ring.flush())).await
+    }
+
+    #[tokio::test]
+    async fn a_drained_ring_is_ready_at_once() {
+        let (a, _b) = unwritable();
+        let ring = Ring::new(false);
+        let mut room = RoomWait::new(BACKSTOP);
+        wait(&mut room, &a, &ring).await.unwrap();
+        assert_eq!(ring.flushes.load(SeqCst), 1);
+        assert!(room.blocked.is_none(), "nothing registered");
+    }
+
+    /// With a backstop that never fires, only the descriptor's
+    /// writability can end the wait.
+    #[tokio::test]
+    async fn the_descriptor_turning_writable_ends_the_wait() {
+        let (a, b) = unwritable();
+        let ring = Ring::new(true);
+        let kernel = ring.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            // The kernel sent the frames and completed them.
+            kernel.busy.store(false, SeqCst);
+            let mut buf = [0u8; 8];
+            while b.recv(&mut buf).is_ok() {}
+        });
+        let mut room = RoomWait::new(Duration::from_secs(3600));
+        tokio::time::timeout(Duration::from_secs(10), wait(&mut room, &a, &ring))
+            .await
+            .expect("woken by writability")
+            .unwrap();
+        assert!(room.blocked.is_none(), "deregistered once drained");
+    }
+
+    /// A kernel that completes nothing reports nothing: the backstop
+    /// flushes again, about once a millisecond, not in a spin.
+    #[tokio::test]
+    async fn the_backstop_retries_without_spinning() {
+        let (a, _b) = unwritable();
+        let ring = Ring::new(true);
+        let kernel = ring.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            kernel.busy.store(false, SeqCst);
+        });
+        let mut room = RoomWait::new(BACKSTOP);
+        tokio::time::timeout(Duration::from_secs(10), wait(&mut room, &a, &ring))
+            .await
+            .expect("the backstop flushed again")
+            .unwrap();
+        let flushes = ring.flushes.load(SeqCst);
+        // 50 ms at one flush a millisecond, with room for a slow timer
+        // wheel (it rounds up to whole milliseconds); a spin makes
+        // thousands.
+        assert!((2..=200).contains(&flushes), "{flushes} flushes");
+    }
+}
