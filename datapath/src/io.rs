@@ -100,6 +100,13 @@ pub trait PacketIo: Send {
         false
     }
 
+    /// After `flush`: whether a send would still find no room (frames
+    /// wait for the kernel, or none is free). Queues that cannot tell say
+    /// false, and a sender learns it by trying.
+    fn tx_blocked(&mut self) -> bool {
+        self.tx_pending()
+    }
+
     /// Brings counters kept by the kernel up to date.
     fn refresh_counters(&mut self) {}
 

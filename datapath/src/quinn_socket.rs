@@ -17,7 +17,10 @@ use std::{
     net::SocketAddr,
     os::fd::{AsRawFd, BorrowedFd, RawFd},
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -43,7 +46,12 @@ pub struct XdpUdpSocket {
     overflow: Mutex<VecDeque<(RxMeta, Vec<u8>)>>,
     local: SocketAddr,
     max_segments: usize,
+    /// The queue whose send last found no room (`NOT_BLOCKED` if none):
+    /// what a sender told `WouldBlock` waits on.
+    blocked_queue: AtomicUsize,
 }
+
+const NOT_BLOCKED: usize = usize::MAX;
 
 struct QueueFd(RawFd);
 
@@ -86,6 +94,7 @@ impl XdpUdpSocket {
             overflow: Mutex::new(VecDeque::new()),
             local,
             max_segments,
+            blocked_queue: AtomicUsize::new(NOT_BLOCKED),
         }))
     }
 
@@ -111,16 +120,25 @@ impl XdpUdpSocket {
     }
 
     /// Sends on the first queue; a datagram it cannot address (next hop
-    /// unresolved) leaves through the kernel socket.
+    /// unresolved) leaves through the kernel socket. A queue that has no
+    /// room is noted for `poll_writable`.
     fn send(&self, t: &Transmit<'_>) -> io::Result<()> {
+        let kernel_queue = self.queues.len() - 1;
+        let noted = |queue: usize| {
+            move |e: &io::Error| {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    self.blocked_queue.store(queue, Ordering::Release);
+                }
+            }
+        };
         let mut first = lock(&self.queues[0]);
         // Copy mode: a batch is cheaper as one GSO send through the kernel
         // (see `DatapathConfig::batches_through_kernel`).
-        if crate::io::is_batch(t) && first.batches_through_kernel() && self.queues.len() > 1 {
+        if crate::io::is_batch(t) && first.batches_through_kernel() && kernel_queue > 0 {
             drop(first);
-            let mut kernel = lock(self.queues.last().expect("a kernel socket"));
+            let mut kernel = lock(&self.queues[kernel_queue]);
             if crate::io::segments(t).count() <= kernel.max_segments() {
-                kernel.send(t)?;
+                kernel.send(t).inspect_err(noted(kernel_queue))?;
                 return kernel.flush();
             }
             drop(kernel);
@@ -136,13 +154,13 @@ impl XdpUdpSocket {
         };
         match sent {
             Ok(()) => first.flush(),
-            Err(e) if e.kind() == io::ErrorKind::HostUnreachable && self.queues.len() > 1 => {
+            Err(e) if e.kind() == io::ErrorKind::HostUnreachable && kernel_queue > 0 => {
                 drop(first);
-                let mut kernel = lock(self.queues.last().expect("a kernel socket"));
-                kernel.send(t)?;
+                let mut kernel = lock(&self.queues[kernel_queue]);
+                kernel.send(t).inspect_err(noted(kernel_queue))?;
                 kernel.flush()
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e).inspect_err(noted(0)),
         }
     }
 
@@ -289,29 +307,38 @@ impl AsyncUdpSocket for XdpUdpSocket {
     }
 }
 
-/// quinn asks before sending again after `WouldBlock` (the tx ring was
-/// full): it waits for room (see `tx_room`).
+/// quinn asks before each send, and again after `WouldBlock`: a sender
+/// then waits for room on the queue that had none (see `tx_room`).
 #[derive(Debug)]
 struct Writable {
     socket: Arc<XdpUdpSocket>,
     room: RoomWait,
 }
 
-impl XdpUdpSocket {
-    /// Flushes the first queue; whether frames are still waiting in it.
-    fn flush_first(&self) -> io::Result<bool> {
-        let mut first = lock(&self.queues[0]);
-        first.flush()?;
-        Ok(first.tx_pending())
-    }
-}
-
 impl UdpPoller for Writable {
     fn poll_writable(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Self { socket, room } = self.get_mut();
-        let fd = lock(&socket.queues[0]).raw_fd();
+        let queue = socket.blocked_queue.load(Ordering::Acquire);
+        if queue == NOT_BLOCKED {
+            return Poll::Ready(Ok(()));
+        }
+        // The queue's descriptor, readable or not (readiness has it).
+        let fd = socket.readiness[queue].get_ref().0;
         // SAFETY: the queue owns the descriptor and outlives this call.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        room.poll(cx, fd, || socket.flush_first())
+        let flush = || {
+            let mut q = lock(&socket.queues[queue]);
+            q.flush()?;
+            Ok(q.tx_blocked())
+        };
+        let ready = std::task::ready!(room.poll(cx, fd, flush));
+        // Room again; a sender that finds none notes it anew.
+        let _ = socket.blocked_queue.compare_exchange(
+            queue,
+            NOT_BLOCKED,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+        Poll::Ready(ready)
     }
 }

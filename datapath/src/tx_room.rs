@@ -1,12 +1,14 @@
-//! Waiting for room in an AF_XDP tx ring without spinning.
+//! Waiting for room to send, without spinning.
 //!
-//! A flush hands the ring to the kernel; if frames stay in it, the kernel
-//! was busy, and room comes back as it completes what it sent. The AF_XDP
-//! descriptor then reports writable (its ring is less than half full;
-//! in copy mode, polling it also drives transmission). The descriptor is
+//! A sender told `WouldBlock` waits for its queue's descriptor to turn
+//! writable: an AF_XDP socket reports it once its tx ring is less than
+//! half full (in copy mode, polling it also drives transmission), a
+//! kernel UDP socket once its send buffer has room. The descriptor is
 //! registered for writability only while a sender waits, through a
-//! duplicate, so that completions wake nobody otherwise. A backstop timer
-//! covers a kernel that sent nothing, and so completes nothing.
+//! duplicate, so that completions wake nobody otherwise. Each wake-up
+//! flushes the queue and asks whether it is still blocked. A backstop
+//! timer covers a kernel that sent nothing, and so completes nothing, and
+//! a registration that failed (out of descriptors, say).
 
 use std::{
     io,
@@ -30,7 +32,8 @@ pub(crate) struct RoomWait {
 
 #[derive(Debug)]
 struct Blocked {
-    fd: AsyncFd<OwnedFd>,
+    /// None if the registration failed: the backstop alone then wakes.
+    fd: Option<AsyncFd<OwnedFd>>,
     backstop: Pin<Box<Sleep>>,
 }
 
@@ -42,10 +45,10 @@ impl RoomWait {
         }
     }
 
-    /// Ready once `flush` (hands the ring to the kernel; says whether
-    /// frames still wait in it) finds the ring drained. Until then the
-    /// task is woken when `fd` becomes writable, or by the backstop.
-    /// Needs a tokio runtime with time and I/O.
+    /// Ready once, after a wake-up (`fd` writable, or the backstop),
+    /// `flush` (flushes the queue; says whether it is still blocked) finds
+    /// room. Called after a send found none. Needs a tokio runtime with
+    /// time and I/O.
     pub fn poll(
         &mut self,
         cx: &mut Context<'_>,
@@ -53,18 +56,15 @@ impl RoomWait {
         mut flush: impl FnMut() -> io::Result<bool>,
     ) -> Poll<io::Result<()>> {
         loop {
-            let Some(blocked) = &mut self.blocked else {
-                if !flush()? {
-                    return Poll::Ready(Ok(()));
-                }
-                self.blocked = Some(Blocked::register(fd, self.backstop)?);
-                continue;
-            };
+            let backstop = self.backstop;
+            let blocked = self
+                .blocked
+                .get_or_insert_with(|| Blocked::register(fd, backstop));
             // Readiness is taken before the flush: what completes during
             // it stays reported (tokio clears only what it handed out).
-            let ready = match blocked.fd.poll_write_ready(cx) {
-                Poll::Ready(ready) => Some(ready?),
-                Poll::Pending => None,
+            let ready = match blocked.fd.as_ref().map(|fd| fd.poll_write_ready(cx)) {
+                Some(Poll::Ready(ready)) => Some(ready?),
+                Some(Poll::Pending) | None => None,
             };
             let timed_out = blocked.backstop.as_mut().poll(cx).is_ready();
             if ready.is_none() && !timed_out {
@@ -86,15 +86,21 @@ impl RoomWait {
 }
 
 impl Blocked {
-    fn register(fd: BorrowedFd<'_>, backstop: Duration) -> io::Result<Self> {
-        let dup = fd.try_clone_to_owned()?;
-        // SAFETY: the registration owns the duplicate, which it closes only
-        // after deregistering.
-        let fd = unsafe { AsyncFd::register_with_interest(dup, tokio::io::Interest::WRITABLE) }?;
-        Ok(Self {
+    fn register(fd: BorrowedFd<'_>, backstop: Duration) -> Self {
+        let fd = fd.try_clone_to_owned().and_then(|dup| {
+            // SAFETY: the registration owns the duplicate, which it closes
+            // only after deregistering.
+            let fd =
+                unsafe { AsyncFd::register_with_interest(dup, tokio::io::Interest::WRITABLE) }?;
+            Ok(fd)
+        });
+        let fd = fd
+            .inspect_err(|e| tracing::debug!(error = %e, "waiting for room on the timer alone"))
+            .ok();
+        Self {
             fd,
             backstop: Box::pin(tokio::time::sleep(backstop)),
-        })
+        }
     }
 }
 
@@ -145,14 +151,18 @@ mod tests {
         std::future::poll_fn(|cx| wait.poll(cx, fd.as_fd(), || ring.flush())).await
     }
 
+    /// Writable and drained at once: one flush, and the wait is over.
     #[tokio::test]
-    async fn a_drained_ring_is_ready_at_once() {
-        let (a, _b) = unwritable();
+    async fn a_writable_descriptor_and_a_drained_ring_end_the_wait_at_once() {
+        let (a, _b) = UnixDatagram::pair().unwrap();
         let ring = Ring::new(false);
-        let mut room = RoomWait::new(BACKSTOP);
-        wait(&mut room, &a, &ring).await.unwrap();
+        let mut room = RoomWait::new(Duration::from_secs(3600));
+        tokio::time::timeout(Duration::from_secs(10), wait(&mut room, &a, &ring))
+            .await
+            .expect("writable at once")
+            .unwrap();
         assert_eq!(ring.flushes.load(SeqCst), 1);
-        assert!(room.blocked.is_none(), "nothing registered");
+        assert!(room.blocked.is_none(), "deregistered");
     }
 
     /// With a backstop that never fires, only the descriptor's
@@ -175,6 +185,32 @@ mod tests {
             .expect("woken by writability")
             .unwrap();
         assert!(room.blocked.is_none(), "deregistered once drained");
+        let flushes = ring.flushes.load(SeqCst);
+        assert!(flushes <= 5, "{flushes} flushes: a spin");
+    }
+
+    /// A descriptor epoll will not watch (a regular file here; out of
+    /// descriptors in real life): the backstop alone ends the wait, the
+    /// sender is not failed.
+    #[tokio::test]
+    async fn a_failed_registration_leaves_the_backstop() {
+        let path = std::env::temp_dir().join(format!("qx-tx-room-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let ring = Ring::new(true);
+        let kernel = ring.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            kernel.busy.store(false, SeqCst);
+        });
+        let mut room = RoomWait::new(BACKSTOP);
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            std::future::poll_fn(|cx| room.poll(cx, file.as_fd(), || ring.flush())),
+        )
+        .await
+        .expect("the backstop ended the wait")
+        .unwrap();
     }
 
     /// A kernel that completes nothing reports nothing: the backstop

@@ -600,4 +600,8 @@ impl PacketIo for XskQueue {
         // transmits those frames.
         self.tx_unkicked
     }
+
+    fn tx_blocked(&mut self) -> bool {
+        self.tx_unkicked || !self.tx_room(1)
+    }
 }

@@ -239,7 +239,7 @@ impl EngineCore {
                     // then closes when its last reference goes.
                     let _ = reply.send(result);
                 }
-                Command::Serve(incoming, queue) => self.serve(incoming, queue, now),
+                Command::Serve(incoming, queue) => self.serve_waiting(incoming, queue, now),
                 Command::Refuse(incoming, queue) => self.refuse(incoming, queue),
                 Command::Retry(incoming, queue) => self.retry(incoming, queue),
                 Command::Ignore(incoming) => self.endpoint.ignore(incoming),
@@ -361,11 +361,7 @@ impl EngineCore {
     pub fn admit_new(&mut self, now: Instant) {
         for (incoming, queue) in std::mem::take(&mut self.new_incoming) {
             let endpoint = self.shared.endpoint.clone();
-            let open = endpoint.open_connections.load(Ordering::Relaxed);
-            if self.closing_since.is_some()
-                || endpoint.refusing.load(Ordering::Relaxed)
-                || open >= self.admission.max_connections
-            {
+            if self.refuses_new() {
                 self.refuse(incoming, queue);
                 continue;
             }
@@ -393,6 +389,26 @@ impl EngineCore {
                     continue;
                 }
             }
+            self.serve(incoming, queue, now);
+        }
+    }
+
+    /// Whether a new connection must be refused now: closing, draining,
+    /// or at the connection limit.
+    fn refuses_new(&self) -> bool {
+        let endpoint = &self.shared.endpoint;
+        self.closing_since.is_some()
+            || endpoint.refusing.load(Ordering::Relaxed)
+            || endpoint.open_connections.load(Ordering::Relaxed) >= self.admission.max_connections
+    }
+
+    /// An attempt that waited for `accept` when the handler was set: let
+    /// through when it arrived, but the endpoint may have filled up or
+    /// stopped accepting since.
+    fn serve_waiting(&mut self, incoming: quinn_proto::Incoming, queue: usize, now: Instant) {
+        if self.refuses_new() {
+            self.refuse(incoming, queue);
+        } else {
             self.serve(incoming, queue, now);
         }
     }

@@ -54,6 +54,8 @@ pub struct EndpointCounters {
 pub struct EndpointStats {
     /// Connections open now.
     pub open_connections: usize,
+    /// Connection attempts waiting for [`Endpoint::accept`].
+    pub waiting_attempts: usize,
     /// Connection admission counts.
     pub admission: EndpointCounters,
     /// Datapath counters summed over the queues.
@@ -384,6 +386,7 @@ impl Endpoint {
         }
         EndpointStats {
             open_connections: self.inner.shared.open_connections.load(Ordering::Relaxed),
+            waiting_attempts: lock(&self.inner.shared.incoming).len(),
             admission: *lock(&self.inner.shared.stats),
             datapath,
             queues,

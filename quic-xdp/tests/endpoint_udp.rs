@@ -510,22 +510,30 @@ async fn shutdown_closes_connections_and_stops_accepting() {
     std::net::UdpSocket::bind(ep.local_addr()).unwrap();
 }
 
+/// A client whose connection attempt waits in `ep`'s accept queue.
+async fn waiting_attempt(
+    ep: &Endpoint,
+    server: SocketAddr,
+) -> (quinn::Endpoint, quinn::Connecting) {
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    let connecting = client.connect(server, "localhost").unwrap();
+    timeout(Duration::from_secs(10), async {
+        while ep.stats().waiting_attempts == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the attempt waits for accept");
+    (client, connecting)
+}
+
 /// An attempt that arrives between bind and `serve` is the handler's too
 /// (it used to wait for an `accept` that a serving program never calls,
 /// and the client timed out), and `accept` then returns `None`.
 #[tokio::test]
 async fn serve_takes_the_attempts_that_arrived_before_it() {
     let (ep, server) = start(builder("127.0.0.1:0"));
-    let client = client(server, ep.dev_ca_certificate().unwrap());
-    let connecting = client.connect(server, "localhost").unwrap();
-    // The engine holds the attempt once its Initial was received.
-    timeout(Duration::from_secs(10), async {
-        while ep.stats().datapath.rx_packets == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the Initial reached the endpoint");
+    let (_client, connecting) = waiting_attempt(&ep, server).await;
     serve_echo(&ep);
     let conn = timeout(Duration::from_secs(10), connecting)
         .await
@@ -538,7 +546,28 @@ async fn serve_takes_the_attempts_that_arrived_before_it() {
             .unwrap()
             .is_none()
     );
+    assert_eq!(ep.stats().waiting_attempts, 0);
     conn.close(0u32.into(), b"done");
+    ep.shutdown().await;
+}
+
+/// Admission is decided again when `serve` takes a waiting attempt: the
+/// endpoint stopped accepting in the meantime, so it is refused.
+#[tokio::test]
+async fn serve_refuses_a_waiting_attempt_once_the_endpoint_stopped_accepting() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    let (_client, connecting) = waiting_attempt(&ep, server).await;
+    ep.stop_accepting();
+    serve_echo(&ep);
+    let err = timeout(Duration::from_secs(10), connecting)
+        .await
+        .expect("decided")
+        .unwrap_err();
+    assert!(
+        matches!(err, quinn::ConnectionError::ConnectionClosed(ref c) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED),
+        "{err}"
+    );
+    assert_eq!(ep.stats().admission.refused, 1);
     ep.shutdown().await;
 }
 
