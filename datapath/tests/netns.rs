@@ -62,7 +62,24 @@ struct EchoServer {
 }
 
 impl EchoServer {
+    /// Starts the echo; a port still held by the previous server of the
+    /// test is waited for: a child process that another test is spawning
+    /// holds a copy of every descriptor of this process until it execs,
+    /// so a socket just closed can stay bound for a moment.
     fn start(net: &TestNet, config: DatapathConfig) -> Result<Self, Error> {
+        let mut tries = 0;
+        loop {
+            match Self::start_once(net, config.clone()) {
+                Err(Error::AddrInUse { .. }) if tries < 40 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(net: &TestNet, config: DatapathConfig) -> Result<Self, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let flag = stop.clone();

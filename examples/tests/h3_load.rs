@@ -363,6 +363,8 @@ fn metrics_key_log_and_qlog_follow_the_connections() {
         value(&before, "quic_xdp_handshake_duration_seconds_count"),
         0.0
     );
+    // h3-server serves (Endpoint::serve): nothing waits for accept.
+    assert_eq!(value(&before, "quic_xdp_connection_attempts_waiting"), 0.0);
     for name in [
         "quic_xdp_connections_open",
         "quic_xdp_connections_refused_total",

@@ -94,6 +94,12 @@ where
             "Connections open now",
             stats.open_connections as i64,
         )?;
+        gauge(
+            &mut encoder,
+            "quic_xdp_connection_attempts_waiting",
+            "Connection attempts waiting for the application's accept",
+            stats.waiting_attempts as i64,
+        )?;
         let a = stats.admission;
         for (name, help, value) in [
             (
