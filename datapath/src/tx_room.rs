@@ -145,9 +145,18 @@ mod tests {
             self.flushes.fetch_add(1, SeqCst);
             Ok(self.busy.load(SeqCst))
         }
+
+        /// The kernel completes what waited after `ms` milliseconds.
+        fn drain_after(self: &Arc<Self>, ms: u64) {
+            let ring = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                ring.busy.store(false, SeqCst);
+            });
+        }
     }
 
-    async fn wait(wait: &mut RoomWait, fd: &UnixDatagram, ring: &Ring) -> io::Result<()> {
+    async fn wait(wait: &mut RoomWait, fd: &impl AsFd, ring: &Ring) -> io::Result<()> {
         std::future::poll_fn(|cx| wait.poll(cx, fd.as_fd(), || ring.flush())).await
     }
 
@@ -171,11 +180,10 @@ mod tests {
     async fn the_descriptor_turning_writable_ends_the_wait() {
         let (a, b) = unwritable();
         let ring = Ring::new(true);
-        let kernel = ring.clone();
+        ring.drain_after(20);
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            // The kernel sent the frames and completed them.
-            kernel.busy.store(false, SeqCst);
+            // Room in the descriptor once the frames completed.
+            tokio::time::sleep(Duration::from_millis(25)).await;
             let mut buf = [0u8; 8];
             while b.recv(&mut buf).is_ok() {}
         });
@@ -198,19 +206,12 @@ mod tests {
         let file = std::fs::File::create(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         let ring = Ring::new(true);
-        let kernel = ring.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            kernel.busy.store(false, SeqCst);
-        });
+        ring.drain_after(20);
         let mut room = RoomWait::new(BACKSTOP);
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            std::future::poll_fn(|cx| room.poll(cx, file.as_fd(), || ring.flush())),
-        )
-        .await
-        .expect("the backstop ended the wait")
-        .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), wait(&mut room, &file, &ring))
+            .await
+            .expect("the backstop ended the wait")
+            .unwrap();
     }
 
     /// A kernel that completes nothing reports nothing: the backstop
@@ -219,11 +220,7 @@ mod tests {
     async fn the_backstop_retries_without_spinning() {
         let (a, _b) = unwritable();
         let ring = Ring::new(true);
-        let kernel = ring.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            kernel.busy.store(false, SeqCst);
-        });
+        ring.drain_after(50);
         let mut room = RoomWait::new(BACKSTOP);
         tokio::time::timeout(Duration::from_secs(10), wait(&mut room, &a, &ring))
             .await
