@@ -217,6 +217,18 @@ impl EngineCore {
     /// Carries out what the application decided since the last pass.
     pub fn run_commands(&mut self, now: Instant) {
         let commands = std::mem::take(&mut *lock(&self.shared.commands));
+        self.carry_out(commands, now);
+    }
+
+    /// The engine stops: the commands that came since the last pass are
+    /// carried out (the endpoint is closing, so the attempts among them
+    /// are refused) and later ones are dropped.
+    pub fn run_last_commands(&mut self, now: Instant) {
+        let commands = self.shared.stop_commands();
+        self.carry_out(commands, now);
+    }
+
+    fn carry_out(&mut self, commands: Vec<Command>, now: Instant) {
         for command in commands {
             if matches!(
                 command,

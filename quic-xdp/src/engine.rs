@@ -203,8 +203,15 @@ impl Engine {
                 }
             }
         }
+        // Attempts decided while the engine stopped get their refusal;
+        // later decisions fail at once instead of waiting for it.
+        self.core.run_last_commands(Instant::now());
+        self.core.send_responses(&mut self.queues);
         drop(fds);
         for q in &mut self.queues {
+            if let Err(e) = q.flush() {
+                tracing::debug!(error = %e, "datapath flush failed");
+            }
             q.refresh_counters();
         }
         tracing::debug!(engine = self.peers.index, "engine stopped");

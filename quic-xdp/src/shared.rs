@@ -139,7 +139,8 @@ pub(crate) struct EngineShared {
     /// Datagrams other engines received for this engine's connections.
     pub inbox: Mutex<Vec<Forwarded>>,
     pub endpoint: Arc<EndpointShared>,
-    /// Set when the engine thread panicked: nothing reaches it any more.
+    /// Set when the engine thread stopped or panicked: no command reaches
+    /// it any more.
     dead: AtomicBool,
 }
 
@@ -159,9 +160,17 @@ impl EngineShared {
     /// accept's reply channel closes, its `Connecting` fails), and so is
     /// whatever comes later.
     pub fn die(&self) {
-        self.dead.store(true, Ordering::Release);
-        lock(&self.commands).clear();
+        drop(self.stop_commands());
         lock(&self.inbox).clear();
+    }
+
+    /// The engine takes no command from now on: later ones are dropped as
+    /// they come (an accept's `Connecting` fails instead of waiting for
+    /// an engine that is gone). Returns those that came before.
+    pub fn stop_commands(&self) -> Vec<Command> {
+        let mut commands = lock(&self.commands);
+        self.dead.store(true, Ordering::Release);
+        std::mem::take(&mut *commands)
     }
 
     /// Hands datagrams another engine received to this one, up to
@@ -182,11 +191,18 @@ impl EngineShared {
     }
 
     pub fn command(&self, command: Command) {
-        if self.dead.load(Ordering::Acquire) {
-            return; // dropped: reply channels close
+        {
+            // Checked under the lock `stop_commands` holds, so that no
+            // command lands in a list nobody reads again.
+            let mut commands = lock(&self.commands);
+            if !self.dead.load(Ordering::Acquire) {
+                commands.push(command);
+                drop(commands);
+                self.waker.wake();
+                return;
+            }
         }
-        lock(&self.commands).push(command);
-        self.waker.wake();
+        drop(command); // outside the lock: reply channels close
     }
 }
 

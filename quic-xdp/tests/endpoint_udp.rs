@@ -571,6 +571,29 @@ async fn serve_refuses_a_waiting_attempt_once_the_endpoint_stopped_accepting() {
     ep.shutdown().await;
 }
 
+/// An attempt the application accepts after the endpoint shut down fails
+/// at once: the engine that would carry the decision out is gone (the
+/// accept used to wait forever).
+#[tokio::test]
+async fn accepting_after_shutdown_fails_instead_of_waiting() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    let (_client, _connecting) = waiting_attempt(&ep, server).await;
+    let incoming = timeout(Duration::from_secs(10), ep.accept())
+        .await
+        .unwrap()
+        .expect("the waiting attempt");
+    timeout(Duration::from_secs(10), ep.shutdown())
+        .await
+        .unwrap();
+    let result = timeout(Duration::from_secs(10), incoming.accept())
+        .await
+        .expect("decided, not left waiting for a stopped engine");
+    assert!(matches!(
+        result,
+        Err(quic_xdp::ConnectionError::LocallyClosed)
+    ));
+}
+
 /// `Endpoint::serve`: handlers run on the engine thread; echo of every
 /// size, datagrams, many connections; a second handler is refused.
 #[tokio::test]
