@@ -15,7 +15,7 @@ use quinn_proto::{ConnectionError, ConnectionStats, Dir, VarInt};
 use tokio::sync::oneshot;
 
 use crate::{
-    shared::{Command, ConnRef, ConnShared, EngineShared, push_waker},
+    shared::{Command, ConnRef, EngineShared, push_waker},
     streams::{RecvStream, SendStream},
 };
 
@@ -155,7 +155,7 @@ impl Connecting {
 }
 
 enum ConnectingState {
-    Accepting(oneshot::Receiver<Result<Arc<ConnShared>, ConnectionError>>),
+    Accepting(oneshot::Receiver<Result<ConnRef, ConnectionError>>),
     Handshaking(ConnRef),
     Done,
 }
@@ -169,7 +169,7 @@ impl Future for Connecting {
                 ConnectingState::Accepting(rx) => {
                     let result = ready!(Pin::new(rx).poll(cx))
                         .unwrap_or(Err(ConnectionError::LocallyClosed));
-                    self.state = ConnectingState::Handshaking(ConnRef::new(result?));
+                    self.state = ConnectingState::Handshaking(result?);
                 }
                 ConnectingState::Handshaking(conn) => {
                     let mut st = conn.lock();

@@ -246,12 +246,13 @@ impl EngineCore {
                     queue,
                     reply,
                 } => {
-                    let result = self.accept(incoming, queue, now);
-                    // The caller may have given up waiting; the connection
-                    // then closes when its last reference goes.
+                    let result = self.accept(incoming, queue, now).map(ConnRef::new);
+                    // The caller may have given up waiting (its `Connecting`
+                    // dropped): the reference comes back and, dropped,
+                    // closes the connection.
                     let _ = reply.send(result);
                 }
-                Command::Serve(incoming, queue) => self.serve_waiting(incoming, queue, now),
+                Command::Serve(incoming, queue) => self.serve(incoming, queue, now),
                 Command::Refuse(incoming, queue) => self.refuse(incoming, queue),
                 Command::Retry(incoming, queue) => self.retry(incoming, queue),
                 Command::Ignore(incoming) => self.endpoint.ignore(incoming),
@@ -270,9 +271,11 @@ impl EngineCore {
         queue: usize,
         now: Instant,
     ) -> Result<Arc<ConnShared>, ConnectionError> {
-        if self.closing_since.is_some() {
+        // Looked at again: the application may decide long after the
+        // attempt came, when the endpoint filled up or stopped accepting.
+        if let Some(why) = self.refusal() {
             self.refuse(incoming, queue);
-            return Err(ConnectionError::LocallyClosed);
+            return Err(why);
         }
         self.tx_buf.clear();
         #[cfg(feature = "qlog")]
@@ -373,7 +376,7 @@ impl EngineCore {
     pub fn admit_new(&mut self, now: Instant) {
         for (incoming, queue) in std::mem::take(&mut self.new_incoming) {
             let endpoint = self.shared.endpoint.clone();
-            if self.refuses_new() {
+            if self.refusal().is_some() {
                 self.refuse(incoming, queue);
                 continue;
             }
@@ -405,27 +408,34 @@ impl EngineCore {
         }
     }
 
-    /// Whether a new connection must be refused now: closing, draining,
-    /// or at the connection limit.
-    fn refuses_new(&self) -> bool {
+    /// Why a new connection must be refused now, if it must: closing,
+    /// draining, or at the connection limit.
+    fn refusal(&self) -> Option<ConnectionError> {
         let endpoint = &self.shared.endpoint;
-        self.closing_since.is_some()
-            || endpoint.refusing.load(Ordering::Relaxed)
-            || endpoint.open_connections.load(Ordering::Relaxed) >= self.admission.max_connections
-    }
-
-    /// An attempt that waited for `accept` when the handler was set: let
-    /// through when it arrived, but the endpoint may have filled up or
-    /// stopped accepting since.
-    fn serve_waiting(&mut self, incoming: quinn_proto::Incoming, queue: usize, now: Instant) {
-        if self.refuses_new() {
-            self.refuse(incoming, queue);
+        let refused = |reason: &str| {
+            Some(ConnectionError::TransportError(
+                quinn_proto::TransportError {
+                    code: quinn_proto::TransportErrorCode::CONNECTION_REFUSED,
+                    frame: None,
+                    reason: reason.into(),
+                },
+            ))
+        };
+        if self.closing_since.is_some() {
+            Some(ConnectionError::LocallyClosed)
+        } else if endpoint.refusing.load(Ordering::Relaxed) {
+            refused("the endpoint stopped accepting")
+        } else if endpoint.open_connections.load(Ordering::Relaxed)
+            >= self.admission.max_connections
+        {
+            refused("at the connection limit")
         } else {
-            self.serve(incoming, queue, now);
+            None
         }
     }
 
-    /// Accepts an attempt for the serve handler.
+    /// Accepts an attempt for the serve handler (one that waited for
+    /// `accept` when the handler was set is admitted again).
     fn serve(&mut self, incoming: quinn_proto::Incoming, queue: usize, now: Instant) {
         if let Ok(conn) = self.accept(incoming, queue, now) {
             self.served

@@ -3,11 +3,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
-    thread::JoinHandle,
+    sync::{Arc, Mutex, atomic::Ordering},
 };
 
 use bytes::Bytes;
@@ -85,7 +81,6 @@ struct EndpointInner {
     /// Taken and dropped by the engine thread when it stops: that closes
     /// the sockets and detaches the XDP program.
     datapath: Arc<Mutex<Option<Datapath>>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl EndpointInner {
@@ -117,6 +112,17 @@ fn fail_closed(engines: &[Arc<EngineShared>], index: usize) {
     }
     if endpoint.open_connections.load(Ordering::Acquire) == 0 {
         endpoint.idle.notify_waiters();
+    }
+}
+
+/// `n` engine threads ended (or never started). The last one out closes
+/// the sockets and detaches the XDP program, and only then says the
+/// endpoint stopped, so that the port can be bound again at once.
+fn engine_stopped(shared: &EndpointShared, datapath: &Mutex<Option<Datapath>>, n: usize) {
+    if shared.engines_running.fetch_sub(n, Ordering::AcqRel) == n {
+        drop(lock(datapath).take());
+        shared.stopped.store(true, Ordering::Release);
+        shared.stopped_notify.notify_waiters();
     }
 }
 
@@ -156,7 +162,10 @@ impl Endpoint {
         let local = datapath.local_addr();
         let mode = datapath.mode().clone();
         let datapath = Arc::new(Mutex::new(Some(datapath)));
-        let running = Arc::new(AtomicUsize::new(groups.len()));
+        let engine_count = groups.len();
+        shared
+            .engines_running
+            .store(engine_count, Ordering::Release);
         let admission = Arc::new(admission);
         let handler = ServeHandler::default();
         let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -174,25 +183,40 @@ impl Endpoint {
                 handler.clone(),
             );
             let engine = Engine::new(core, queues, peers);
-            let (datapath, running) = (datapath.clone(), running.clone());
+            let own_datapath = datapath.clone();
             let started = started_tx.clone();
             let all = engines.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("quic-xdp-engine-{index}"))
-                    .spawn(move || {
-                        let run = std::panic::AssertUnwindSafe(|| engine.run(started));
-                        if std::panic::catch_unwind(run).is_err() {
-                            fail_closed(&all, index);
-                        }
-                        // The last engine out closes the sockets and
-                        // detaches the XDP program.
-                        if running.fetch_sub(1, Ordering::AcqRel) == 1 {
-                            drop(lock(&datapath).take());
-                        }
-                    })?,
-            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("quic-xdp-engine-{index}"))
+                .spawn(move || {
+                    let run = std::panic::AssertUnwindSafe(|| engine.run(started));
+                    if std::panic::catch_unwind(run).is_err() {
+                        fail_closed(&all, index);
+                    }
+                    engine_stopped(&all[index].endpoint, &own_datapath, 1);
+                });
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    // The engines already started stop; the ones that
+                    // never will are counted out here.
+                    for engine in &engines[..index] {
+                        engine.command(Command::Close {
+                            code: VarInt::from_u32(0),
+                            reason: Bytes::new(),
+                        });
+                    }
+                    engine_stopped(&shared, &datapath, engine_count - index);
+                    for thread in threads {
+                        let _ = thread.join();
+                    }
+                    return Err(e.into());
+                }
+            }
         }
+        // Each engine drops its sender once it has reported: if one ends
+        // before that, the channel closes instead of waiting forever.
+        drop(started_tx);
         let engines_started = (0..threads.len()).try_for_each(|_| {
             started_rx
                 .recv()
@@ -207,17 +231,19 @@ impl Endpoint {
             queues: counters,
             handler,
             datapath,
-            threads: Mutex::new(threads),
         };
         if let Err(e) = engines_started {
             // The engines that did start stop; the last one out detaches
             // XDP.
             inner.close(VarInt::from_u32(0), Bytes::new());
-            for thread in std::mem::take(&mut *lock(&inner.threads)) {
+            for thread in threads {
                 let _ = thread.join();
             }
             return Err(Error::Engine(e));
         }
+        // Detached: `shutdown` waits for `stopped`, not for a join, so it
+        // may run on an engine thread too.
+        drop(threads);
         tracing::info!(%mode, %local, engines = inner.engines.len(), "endpoint bound");
         Ok(Self {
             inner: Arc::new(inner),
@@ -253,6 +279,12 @@ impl Endpoint {
     /// (connection limit, Retry policy), including those that arrived
     /// since `bind` and wait for [`accept`](Self::accept), which returns
     /// `None` from then on. Fails if a handler is already set.
+    ///
+    /// The endpoint keeps the handler: a handler that holds a clone of the
+    /// `Endpoint` keeps it alive after every other clone is gone, so stop
+    /// such an endpoint with [`close`](Self::close) or
+    /// [`shutdown`](Self::shutdown), which may also be called from the
+    /// handler's tasks.
     pub fn serve<F, Fut>(&self, handler: F) -> Result<(), Error>
     where
         F: Fn(Connection) -> Fut + Send + Sync + 'static,
@@ -343,18 +375,22 @@ impl Endpoint {
     }
 
     /// Graceful shutdown: closes the connections (code 0), lets them
-    /// drain, stops the engine, closes the sockets and detaches the XDP
-    /// program.
+    /// drain, stops the engines, closes the sockets and detaches the XDP
+    /// program; returns once all that is done (the port can be bound
+    /// again), however many callers wait.
     pub async fn shutdown(&self) {
         self.close(VarInt::from_u32(0), b"");
         self.wait_idle().await;
-        let threads = std::mem::take(&mut *lock(&self.inner.threads));
-        let _ = tokio::task::spawn_blocking(move || {
-            for thread in threads {
-                let _ = thread.join();
+        let shared = &self.inner.shared;
+        loop {
+            let notified = shared.stopped_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if shared.stopped.load(Ordering::Acquire) {
+                return;
             }
-        })
-        .await;
+            notified.await;
+        }
     }
 
     /// Adds this endpoint's metrics to `registry` (Prometheus text format

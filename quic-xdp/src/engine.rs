@@ -148,6 +148,9 @@ impl Engine {
                 return;
             }
         };
+        // Reported: `bind` counts the senders still open to tell an engine
+        // that ended before reporting.
+        drop(started);
         let mut sleep = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
         let mut blocked_passes = 0u32;
         loop {

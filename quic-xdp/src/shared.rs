@@ -36,7 +36,9 @@ pub(crate) enum Command {
     Accept {
         incoming: quinn_proto::Incoming,
         queue: usize,
-        reply: tokio::sync::oneshot::Sender<Result<Arc<ConnShared>, ConnectionError>>,
+        /// A counted reference: if nobody takes it (the `Connecting` was
+        /// dropped), dropping it closes the connection.
+        reply: tokio::sync::oneshot::Sender<Result<ConnRef, ConnectionError>>,
     },
     /// Accept for the serve handler: an attempt that waited for `accept`
     /// when the handler was set.
@@ -108,6 +110,11 @@ pub(crate) struct EndpointShared {
     pub refusing: AtomicBool,
     /// Notified when the last connection is gone.
     pub idle: tokio::sync::Notify,
+    /// Engine threads still running; the last one out closes the sockets
+    /// and detaches the XDP program, then sets `stopped`.
+    pub engines_running: AtomicUsize,
+    pub stopped: AtomicBool,
+    pub stopped_notify: tokio::sync::Notify,
     pub open_connections: AtomicUsize,
     /// Connection attempts handed to the application whose decision the
     /// engine has not carried out yet.
@@ -243,15 +250,6 @@ impl ConnShared {
         let result = f(&mut self.lock());
         self.wake_engine();
         result
-    }
-
-    /// Like `edit`, unless the connection already ended.
-    pub fn edit_if_live(&self, f: impl FnOnce(&mut quinn_proto::Connection)) {
-        self.edit(|st| {
-            if st.error.is_none() {
-                f(&mut st.inner);
-            }
-        });
     }
 
     /// Tells the engine this connection has something to send.
@@ -474,10 +472,22 @@ fn wake_all(list: &mut Vec<Waker>) {
     }
 }
 
+/// Waiting tasks a waker list holds before it wakes them all: a future
+/// dropped while pending leaves its waker behind, and per-request tasks
+/// that wait in a `select!` would otherwise grow the list for the whole
+/// life of the connection.
+const WAKERS_MAX: usize = 64;
+
 pub(crate) fn push_waker(list: &mut Vec<Waker>, waker: &Waker) {
-    if !list.iter().any(|w| w.will_wake(waker)) {
-        list.push(waker.clone());
+    if list.iter().any(|w| w.will_wake(waker)) {
+        return;
     }
+    if list.len() >= WAKERS_MAX {
+        // The tasks still waiting poll again and register anew; the
+        // wakers of those that gave up go.
+        wake_all(list);
+    }
+    list.push(waker.clone());
 }
 
 #[cfg(test)]
@@ -508,5 +518,35 @@ mod tests {
         // Drained by the engine: room again.
         engine.inbox.lock().unwrap().clear();
         assert_eq!(engine.forward(&mut forwarded(5)), 0);
+    }
+
+    /// A task's waker, counting its wake-ups.
+    struct Task(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Task {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn waker_lists_stay_bounded_and_wake_what_they_let_go() {
+        let tasks: Vec<Arc<Task>> = (0..1000).map(|_| Arc::new(Task(0.into()))).collect();
+        let mut list = Vec::new();
+        for task in &tasks {
+            let waker = Waker::from(task.clone());
+            push_waker(&mut list, &waker);
+            // The same task again takes no second place.
+            push_waker(&mut list, &waker);
+            assert!(list.len() <= WAKERS_MAX);
+        }
+        // Every task is either still in the list or was woken to register
+        // again: none waits unheard.
+        let woken = tasks
+            .iter()
+            .filter(|t| t.0.load(Ordering::Relaxed) > 0)
+            .count();
+        assert_eq!(woken + list.len(), tasks.len());
+        assert!(woken > 0);
     }
 }

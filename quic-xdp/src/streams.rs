@@ -217,6 +217,8 @@ impl Drop for SendStream {
         if !self.done {
             let id = self.id;
             self.conn.edit(|st| {
+                // A write left pending leaves no waker behind.
+                st.writers.remove(&id);
                 // Not while a close waits for acknowledgments: a FIN then
                 // would be news to the peer (for HTTP/3's control stream,
                 // a connection error) rather than a clean end.
@@ -361,9 +363,11 @@ impl Drop for RecvStream {
     fn drop(&mut self) {
         if !self.done {
             let (id, code) = (self.id, self.drop_code);
-            self.conn.edit_if_live(|c| {
-                if !read_to_end_if_here(c, id) {
-                    let _ = c.recv_stream(id).stop(code);
+            self.conn.edit(|st| {
+                // A read left pending leaves no waker behind.
+                st.readers.remove(&id);
+                if st.error.is_none() && !read_to_end_if_here(&mut st.inner, id) {
+                    let _ = st.inner.recv_stream(id).stop(code);
                 }
             });
         }

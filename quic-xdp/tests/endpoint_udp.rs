@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, time::Duration};
 
 use quic_xdp::{ActiveMode, ConnectionError, Endpoint, EndpointBuilder, Mode, RetryPolicy, VarInt};
 use support::*;
@@ -527,6 +527,19 @@ async fn waiting_attempt(
     (client, connecting)
 }
 
+/// The same attempt, taken by the application with `accept`.
+async fn taken_attempt(
+    ep: &Endpoint,
+    server: SocketAddr,
+) -> (quinn::Endpoint, quinn::Connecting, quic_xdp::Incoming) {
+    let (client, connecting) = waiting_attempt(ep, server).await;
+    let incoming = timeout(Duration::from_secs(10), ep.accept())
+        .await
+        .unwrap()
+        .expect("the waiting attempt");
+    (client, connecting, incoming)
+}
+
 /// An attempt that arrives between bind and `serve` is the handler's too
 /// (it used to wait for an `accept` that a serving program never calls,
 /// and the client timed out), and `accept` then returns `None`.
@@ -577,11 +590,7 @@ async fn serve_refuses_a_waiting_attempt_once_the_endpoint_stopped_accepting() {
 #[tokio::test]
 async fn accepting_after_shutdown_fails_instead_of_waiting() {
     let (ep, server) = start(builder("127.0.0.1:0"));
-    let (_client, _connecting) = waiting_attempt(&ep, server).await;
-    let incoming = timeout(Duration::from_secs(10), ep.accept())
-        .await
-        .unwrap()
-        .expect("the waiting attempt");
+    let (_client, _connecting, incoming) = taken_attempt(&ep, server).await;
     timeout(Duration::from_secs(10), ep.shutdown())
         .await
         .unwrap();
@@ -592,6 +601,150 @@ async fn accepting_after_shutdown_fails_instead_of_waiting() {
         result,
         Err(quic_xdp::ConnectionError::LocallyClosed)
     ));
+}
+
+/// An accept whose `Connecting` is dropped before the engine carried it
+/// out closes the connection (it used to stay open and counted until its
+/// idle timeout, and `wait_idle` waited for it).
+#[tokio::test]
+async fn a_dropped_accept_closes_its_connection() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    let (_client, connecting, incoming) = taken_attempt(&ep, server).await;
+    drop(incoming.accept());
+    if let Ok(conn) = timeout(Duration::from_secs(10), connecting).await.unwrap() {
+        timeout(Duration::from_secs(10), conn.closed())
+            .await
+            .expect("closed by the server");
+    }
+    timeout(Duration::from_secs(10), ep.wait_idle())
+        .await
+        .expect("no connection left open");
+    ep.shutdown().await;
+}
+
+fn refused_by_the_server(e: &ConnectionError) -> bool {
+    matches!(e, ConnectionError::TransportError(t) if t.code == quinn_proto::TransportErrorCode::CONNECTION_REFUSED)
+}
+
+/// Attempts the application accepts are admitted again when the engine
+/// carries the accept out: over the connection limit they are refused (the
+/// limit used to apply only to attempts the engines admitted themselves).
+#[tokio::test]
+async fn accept_obeys_the_connection_limit() {
+    let (ep, server) = start(builder("127.0.0.1:0").max_connections(1));
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    let connecting = [0, 1].map(|_| client.connect(server, "localhost").unwrap());
+    timeout(Duration::from_secs(10), async {
+        while ep.stats().waiting_attempts < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("both attempts wait for accept");
+    let mut results = Vec::new();
+    for _ in 0..2 {
+        let incoming = ep.accept().await.unwrap();
+        results.push(
+            timeout(Duration::from_secs(10), incoming.accept())
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(results[0].is_ok());
+    let err = results[1].as_ref().expect_err("over the limit");
+    assert!(refused_by_the_server(err), "{err}");
+    let mut clients = Vec::new();
+    for c in connecting {
+        clients.push(timeout(Duration::from_secs(10), c).await.unwrap());
+    }
+    assert_eq!(clients.iter().filter(|c| c.is_ok()).count(), 1);
+    assert_eq!(ep.stats().admission.refused, 1);
+    drop(results);
+    ep.shutdown().await;
+}
+
+/// The same after `stop_accepting`: an attempt that waited from before is
+/// refused when the application accepts it.
+#[tokio::test]
+async fn accept_after_stop_accepting_is_refused() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    let (_client, connecting, incoming) = taken_attempt(&ep, server).await;
+    ep.stop_accepting();
+    let err = timeout(Duration::from_secs(10), incoming.accept())
+        .await
+        .unwrap()
+        .expect_err("refused");
+    assert!(refused_by_the_server(&err), "{err}");
+    let err = timeout(Duration::from_secs(10), connecting)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, quinn::ConnectionError::ConnectionClosed(ref c) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED),
+        "{err}"
+    );
+    ep.shutdown().await;
+}
+
+/// `shutdown` called from a serve handler, on an engine thread, stops the
+/// endpoint and frees its port. (It used to join the engine threads from a
+/// blocking task of the engine's own runtime, which that runtime waits
+/// for on its way out: a deadlock whenever the task started in time.)
+#[tokio::test]
+async fn shutdown_from_a_handler_stops_the_endpoint() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    let handle = ep.clone();
+    ep.serve(move |conn| {
+        let ep = handle.clone();
+        async move {
+            drop(conn);
+            // As a task that outlived its connection would: with nothing
+            // open, shutdown goes straight to waiting for the engines.
+            ep.wait_idle().await;
+            ep.shutdown().await;
+        }
+    })
+    .unwrap();
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    // Kept open: the handler runs once the server has the handshake too.
+    let _conn = timeout(
+        Duration::from_secs(10),
+        client.connect(server, "localhost").unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // The handler's shutdown alone frees the port.
+    timeout(Duration::from_secs(10), async {
+        while std::net::UdpSocket::bind(server).is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the engines stopped and closed the socket");
+    timeout(Duration::from_secs(10), ep.shutdown())
+        .await
+        .expect("stopped already");
+}
+
+/// Any `shutdown` returns only once the engines stopped and the port is
+/// free, even after an earlier one was cancelled on its way (that one
+/// used to take the thread handles with it, leaving the next one nothing
+/// to wait for).
+#[tokio::test]
+async fn shutdown_after_a_cancelled_one_still_waits_for_the_engines() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    {
+        // Polled once, then dropped: cancelled on its way.
+        let mut first = std::pin::pin!(ep.shutdown());
+        let _ = first
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+    }
+    timeout(Duration::from_secs(10), ep.shutdown())
+        .await
+        .unwrap();
+    std::net::UdpSocket::bind(server).expect("the port is free once shutdown returned");
 }
 
 /// `Endpoint::serve`: handlers run on the engine thread; echo of every
