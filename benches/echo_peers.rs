@@ -254,8 +254,15 @@ pub struct Sample {
     pub cpu_us: f64,
     /// The same for the client (the load generator).
     pub client_cpu_us: f64,
+    /// The client's CPU time over the elapsed time: near 1.0 its one
+    /// thread was saturated, and the rate is what the client could do.
+    pub client_busy: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// UDP datagrams per unit from the server to the client and back, as
+    /// the client's connection counted them (NaN: not one connection).
+    pub datagrams_from_server: f64,
+    pub datagrams_to_server: f64,
 }
 
 impl Sample {
@@ -264,17 +271,28 @@ impl Sample {
         rate: f64::NAN,
         cpu_us: f64::NAN,
         client_cpu_us: f64::NAN,
+        client_busy: f64::NAN,
         p50_us: f64::NAN,
         p99_us: f64::NAN,
+        datagrams_from_server: f64::NAN,
+        datagrams_to_server: f64::NAN,
     };
 }
 
 /// Runs `work`, which returns (units done, latencies in us); the rate is
-/// units per second, scaled by `unit_scale` for display.
-pub async fn measure<F>(work: F, cpu_unit: f64, rate_scale: f64) -> anyhow::Result<Sample>
+/// units per second, scaled by `rate_scale` for display. With `conn`, the
+/// work's datagrams on that connection are counted too.
+pub async fn measure<F>(
+    work: F,
+    cpu_unit: f64,
+    rate_scale: f64,
+    conn: Option<&quinn::Connection>,
+) -> anyhow::Result<Sample>
 where
     F: std::future::Future<Output = anyhow::Result<(f64, Vec<f64>)>>,
 {
+    let datagrams = || conn.map(|c| (c.stats().udp_rx.datagrams, c.stats().udp_tx.datagrams));
+    let datagrams_before = datagrams();
     let cpu_before = crate::common::ThreadCpu::sample(SERVER_THREADS);
     let client_before = crate::common::ThreadCpu::sample(CLIENT_THREADS);
     let start = Instant::now();
@@ -286,12 +304,20 @@ where
     let client_cpu = crate::common::ThreadCpu::sample(CLIENT_THREADS)
         .since(&client_before)
         .as_secs_f64();
+    let per_unit = |n: u64| n as f64 / (units / cpu_unit);
+    let (from_server, to_server) = match (datagrams_before, datagrams()) {
+        (Some((rx0, tx0)), Some((rx1, tx1))) => (per_unit(rx1 - rx0), per_unit(tx1 - tx0)),
+        _ => (f64::NAN, f64::NAN),
+    };
     Ok(Sample {
         rate: units / elapsed * rate_scale,
         cpu_us: cpu * 1e6 / (units / cpu_unit),
         client_cpu_us: client_cpu * 1e6 / (units / cpu_unit),
+        client_busy: client_cpu / elapsed,
         p50_us: crate::common::quantile(&mut latencies, 0.5),
         p99_us: crate::common::quantile(&mut latencies, 0.99),
+        datagrams_from_server: from_server,
+        datagrams_to_server: to_server,
     })
 }
 

@@ -272,6 +272,7 @@ fn main() -> anyhow::Result<()> {
                     request_response(conn, args.secs, args.concurrency),
                     1.0,
                     1.0,
+                    None,
                 ))
             };
             let quiet = rr(&conn)?.rate;

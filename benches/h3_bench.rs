@@ -7,7 +7,8 @@
 //! generation). Server CPU: the server process's utime + stime over the
 //! load, per completed request; client CPU the same for h3-load, which
 //! shares the two cores with the server and bounds what a cheaper server
-//! gains in rate. Threads: each server as shipped
+//! gains in rate ("client CPUs busy": its CPU time over its run, out of
+//! the two cores its runtime's two workers can use). Threads: each server as shipped
 //! (quinn-h3-server on a tokio runtime with one worker per core;
 //! h3-server with one engine thread per rx queue, one on veth, and an idle
 //! main runtime).
@@ -143,6 +144,8 @@ struct Run {
     errors: u64,
     requests: f64,
     client_cpu: std::time::Duration,
+    /// How long the load ran (h3-load's own count).
+    secs: f64,
     /// UDP datagrams the client received and sent, per request.
     received_per_req: f64,
     sent_per_req: f64,
@@ -190,6 +193,7 @@ fn load(net: &TestNet, args: &Args, dir: &Path) -> anyhow::Result<Run> {
         errors,
         requests: json["requests_ok"].as_f64().unwrap_or_default(),
         client_cpu,
+        secs: json["elapsed_s"].as_f64().unwrap_or(f64::NAN),
     })
 }
 
@@ -204,6 +208,7 @@ fn main() -> anyhow::Result<()> {
     let mut p99 = vec![Vec::new(); SERVERS.len()];
     let mut cpu = vec![Vec::new(); SERVERS.len()];
     let mut client_cpu = vec![Vec::new(); SERVERS.len()];
+    let mut client_busy = vec![Vec::new(); SERVERS.len()];
     let mut received = vec![Vec::new(); SERVERS.len()];
     let mut sent = vec![Vec::new(); SERVERS.len()];
     let mut errors = vec![0u64; SERVERS.len()];
@@ -223,6 +228,7 @@ fn main() -> anyhow::Result<()> {
             received[i].push(run.received_per_req);
             sent[i].push(run.sent_per_req);
             client_cpu[i].push(client_us);
+            client_busy[i].push(run.client_cpu.as_secs_f64() / run.secs);
             rps[i].push(run.rps);
             p50[i].push(run.p50);
             p99[i].push(run.p99);
@@ -246,12 +252,12 @@ fn main() -> anyhow::Result<()> {
         args.rounds
     );
     println!(
-        "| server | req/s | req/s vs quinn | p50 ms | p99 ms | p99 vs quinn | server CPU us/req | CPU vs quinn | client CPU us/req | datagrams/req from server | to server | errors |"
+        "| server | req/s | req/s vs quinn | p50 ms | p99 ms | p99 vs quinn | server CPU us/req | CPU vs quinn | client CPU us/req | client CPUs busy | datagrams/req from server | to server | errors |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (i, (name, ..)) in SERVERS.iter().enumerate() {
         println!(
-            "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2} | {} |",
+            "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2} | {:.2} | {} |",
             common::spread(&rps[i], 0),
             med(&rps[i]) / med(&rps[reference]),
             med(&p50[i]),
@@ -260,6 +266,7 @@ fn main() -> anyhow::Result<()> {
             med(&cpu[i]),
             med(&cpu[i]) / med(&cpu[reference]),
             med(&client_cpu[i]),
+            med(&client_busy[i]),
             med(&received[i]),
             med(&sent[i]),
             errors[i]

@@ -21,7 +21,11 @@
 //! client has its own one-worker runtime; its CPU per unit is shown too:
 //! client and server share the two cores, so where the client takes more
 //! than the server, a cheaper server raises the rate far less than its
-//! CPU per unit falls.
+//! CPU per unit falls. "client busy" is the client's CPU time over the
+//! elapsed time: at about 1.0 its one thread was saturated, the rate is
+//! the client's, and rates compare as the client's CPU per unit does.
+//! Datagrams per unit in each direction are the client connection's
+//! counts (bulk and request/response).
 //!
 //!     sudo cargo bench -p quic-xdp-benches --bench quic_echo -- --secs 3 --rounds 5
 
@@ -159,9 +163,7 @@ fn ceiling(net: &TestNet, mode: quic_xdp::Mode, args: &Args) -> anyhow::Result<S
     Ok(Sample {
         rate: bytes * 8.0 / report.elapsed.as_secs_f64() / 1e6,
         cpu_us: cpu * 1e6 / (bytes / 1e6),
-        client_cpu_us: f64::NAN,
-        p50_us: f64::NAN,
-        p99_us: f64::NAN,
+        ..Sample::NONE
     })
 }
 
@@ -218,23 +220,23 @@ fn main() -> anyhow::Result<()> {
                 let conn = client.connect(target, "localhost")?.await?;
                 let mut b = Sample::NONE;
                 if selected(Workload::Bulk) {
-                    b = measure(bulk(&conn, &args), 1e6, 8.0 / 1e6).await?;
+                    b = measure(bulk(&conn, &args), 1e6, 8.0 / 1e6, Some(&conn)).await?;
                 }
                 let mut rr = Sample::NONE;
                 if selected(Workload::Rr) {
                     let work = request_response(&conn, args.secs, args.concurrency);
-                    rr = measure(work, 1.0, 1.0).await?;
+                    rr = measure(work, 1.0, 1.0, Some(&conn)).await?;
                 }
                 conn.close(0u32.into(), b"");
                 let mut hs = Sample::NONE;
                 if selected(Workload::Handshakes) {
-                    hs = measure(handshakes(&client, target, &args), 1.0, 1.0).await?;
+                    hs = measure(handshakes(&client, target, &args), 1.0, 1.0, None).await?;
                 }
                 client.wait_idle().await;
                 anyhow::Ok([b, rr, hs])
             })?;
             eprintln!(
-                "round {round}: {:<22} bulk {:>6.0} Mbit/s ({:.0} us/MB; client {:.0}), rr {:>6.0} req/s ({:.1} us/req; client {:.1}; p99 {:.0} us), {:>5.0} handshakes/s ({:.0} us each; client {:.0})",
+                "round {round}: {:<22} bulk {:>6.0} Mbit/s ({:.0} us/MB; client {:.0}), rr {:>6.0} req/s ({:.1} us/req; client {:.1}, busy {:.2}; p99 {:.0} us; datagrams/req {:.2} from, {:.2} to server), {:>5.0} handshakes/s ({:.0} us each; client {:.0})",
                 server.name(),
                 samples[0].rate,
                 samples[0].cpu_us,
@@ -242,7 +244,10 @@ fn main() -> anyhow::Result<()> {
                 samples[1].rate,
                 samples[1].cpu_us,
                 samples[1].client_cpu_us,
+                samples[1].client_busy,
                 samples[1].p99_us,
+                samples[1].datagrams_from_server,
+                samples[1].datagrams_to_server,
                 samples[2].rate,
                 samples[2].cpu_us,
                 samples[2].client_cpu_us,
@@ -271,21 +276,21 @@ fn main() -> anyhow::Result<()> {
         return Ok(()); // a subset was measured: no comparison table
     }
     let workloads = [
-        ("bulk echo", "Mbit/s one way", "us/MB"),
-        ("100 B request/response", "req/s", "us/req"),
-        ("handshake + 100 B exchange", "conn/s", "us/conn"),
+        ("bulk echo", "Mbit/s one way", "us/MB", "MB"),
+        ("100 B request/response", "req/s", "us/req", "req"),
+        ("handshake + 100 B exchange", "conn/s", "us/conn", "conn"),
     ];
-    for (w, (name, unit, cpu_unit)) in workloads.into_iter().enumerate() {
+    for (w, (name, unit, cpu_unit, per)) in workloads.into_iter().enumerate() {
         let med =
             |i: usize, f: fn(&Sample) -> f64| common::median(results[w][i].iter().map(f).collect());
         println!(
-            "\n{name}, median of {} rounds (min-max)\n\n| server | {unit} | vs quinn | p50 us | p99 us | server CPU {cpu_unit} | CPU vs quinn | client CPU {cpu_unit} |\n|---|---|---|---|---|---|---|---|",
+            "\n{name}, median of {} rounds (min-max)\n\n| server | {unit} | vs quinn | p50 us | p99 us | server CPU {cpu_unit} | CPU vs quinn | client CPU {cpu_unit} | client busy | datagrams/{per} from server | to server |\n|---|---|---|---|---|---|---|---|---|---|---|",
             args.rounds
         );
         for (i, server) in Server::ALL.into_iter().enumerate() {
             let rates: Vec<f64> = results[w][i].iter().map(|s| s.rate).collect();
             println!(
-                "| {} | {} | {:.2} | {:.0} | {:.0} | {:.1} | {:.2} | {:.1} |",
+                "| {} | {} | {:.2} | {:.0} | {:.0} | {:.1} | {:.2} | {:.1} | {:.2} | {:.2} | {:.2} |",
                 server.name(),
                 common::spread(&rates, 0),
                 med(i, |s| s.rate) / med(2, |s| s.rate),
@@ -294,6 +299,9 @@ fn main() -> anyhow::Result<()> {
                 med(i, |s| s.cpu_us),
                 med(i, |s| s.cpu_us) / med(2, |s| s.cpu_us),
                 med(i, |s| s.client_cpu_us),
+                med(i, |s| s.client_busy),
+                med(i, |s| s.datagrams_from_server),
+                med(i, |s| s.datagrams_to_server),
             );
         }
     }
