@@ -103,6 +103,17 @@ fn fail_closed(engines: &[Arc<EngineShared>], index: usize) {
     engines[index].die();
     let endpoint = &engines[index].endpoint;
     endpoint.closed.store(true, Ordering::Release);
+    // Its attempts still waiting for `accept` can never be decided (each
+    // holds the engine, which holds the endpoint: a cycle otherwise).
+    let dead = {
+        let mut waiting = lock(&endpoint.incoming);
+        let (dead, live) = std::mem::take(&mut *waiting)
+            .into_iter()
+            .partition(|i: &Incoming| Arc::ptr_eq(i.engine(), &engines[index]));
+        *waiting = live;
+        dead
+    };
+    drop::<std::collections::VecDeque<_>>(dead);
     endpoint.incoming_ready.notify_waiters();
     for engine in engines {
         engine.command(Command::Close {

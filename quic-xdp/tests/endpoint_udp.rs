@@ -805,3 +805,21 @@ async fn a_panicking_engine_fails_the_endpoint_closed() {
     assert_fails_closed(&ep).await;
     assert_eq!(ep.stats().open_connections, 0);
 }
+
+/// The attempts a panicking engine left waiting for `accept` go with it:
+/// nobody could decide them any more (`accept` used to hand them out after
+/// the panic, and a refusal of one reached nobody).
+#[tokio::test]
+async fn a_panicking_engine_takes_its_waiting_attempts_with_it() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    let (_client, _connecting) = waiting_attempt(&ep, server).await;
+    ep.panic_engine_for_test(0);
+    timeout(Duration::from_secs(10), async {
+        while ep.stats().waiting_attempts > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the attempt went with the engine");
+    assert_fails_closed(&ep).await;
+}
