@@ -12,12 +12,12 @@ if [ "$(id -u)" != 0 ]; then
     # Each skipped test names itself here; they are reported as skipped.
     export QUIC_XDP_SKIP_LOG=$skips
 fi
-# The Python HTTP/3 clients of the interop tests, in a venv: aioquic, and
-# libcurl's HTTP/3 client through curl_cffi.
+# The Python HTTP/3 clients of the interop tests, in a venv: aioquic, its
+# fork qh3, and libcurl's HTTP/3 client through curl_cffi.
 venv=target/interop-venv
-if ! "$venv/bin/python" -c "import aioquic, curl_cffi" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import aioquic, qh3, curl_cffi" 2>/dev/null; then
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q "aioquic==1.7.2" "curl_cffi==0.17.0"
+    "$venv/bin/pip" install -q "aioquic==1.7.2" "qh3==2.1.0" "curl_cffi==0.17.0"
 fi
 export QUIC_XDP_PYTHON=$PWD/$venv/bin/python
 cargo build --workspace --all-targets --all-features

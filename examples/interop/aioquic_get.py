@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""HTTP/3 GETs with aioquic, for interop tests against quic-xdp.
+"""HTTP/3 GETs with aioquic, or its fork qh3 (the QUIC stack of niquests),
+for interop tests against quic-xdp.
 
-usage: aioquic_get.py HOST PORT CA_PEM OUT_DIR PATH... [--resume]
+usage: aioquic_get.py HOST PORT CA_PEM OUT_DIR PATH... [--resume] [--lib qh3]
 
 Fetches every PATH on one connection (all requests in flight at once) and
 writes each body to OUT_DIR/<index>. With --resume it connects twice: the
@@ -10,15 +11,20 @@ second connection resumes the first's session and sends its requests as
 the last connection whether the session was resumed and early data accepted.
 """
 import asyncio
+import importlib
 import json
 import os
 import sys
 
-from aioquic.asyncio.client import connect
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.h3.connection import H3_ALPN, H3Connection
-from aioquic.h3.events import DataReceived, HeadersReceived
-from aioquic.quic.configuration import QuicConfiguration
+# The two share their module layout: the library is chosen by name.
+LIB = sys.argv[sys.argv.index("--lib") + 1] if "--lib" in sys.argv else "aioquic"
+connect = importlib.import_module(f"{LIB}.asyncio.client").connect
+QuicConnectionProtocol = importlib.import_module(f"{LIB}.asyncio.protocol").QuicConnectionProtocol
+_h3 = importlib.import_module(f"{LIB}.h3.connection")
+H3_ALPN, H3Connection = _h3.H3_ALPN, _h3.H3Connection
+_events = importlib.import_module(f"{LIB}.h3.events")
+DataReceived, HeadersReceived = _events.DataReceived, _events.HeadersReceived
+QuicConfiguration = importlib.import_module(f"{LIB}.quic.configuration").QuicConfiguration
 
 
 class H3Client(QuicConnectionProtocol):
@@ -75,8 +81,11 @@ async def fetch(host, port, ca, paths, ticket_store, early):
 
 
 async def main():
-    args = [a for a in sys.argv[1:] if a != "--resume"]
-    resume = "--resume" in sys.argv
+    args = sys.argv[1:]
+    if "--lib" in args:
+        del args[args.index("--lib"):args.index("--lib") + 2]
+    resume = "--resume" in args
+    args = [a for a in args if a != "--resume"]
     host, port, ca, out_dir, paths = args[0], int(args[1]), args[2], args[3], args[4:]
     tickets = {}
     results, resumed, early = await asyncio.wait_for(fetch(host, port, ca, paths, tickets, False), 30)

@@ -183,11 +183,21 @@ fn ngtcp2_client_downloads_byte_identical_and_resumes_with_0rtt() {
 
 #[test]
 fn aioquic_client_downloads_byte_identical_and_resumes_with_0rtt() {
+    python_h3_client_downloads_byte_identical_and_resumes_with_0rtt("aioquic");
+}
+
+/// qh3, the aioquic fork behind niquests (its own TLS 1.3 and crypto).
+#[test]
+fn qh3_client_downloads_byte_identical_and_resumes_with_0rtt() {
+    python_h3_client_downloads_byte_identical_and_resumes_with_0rtt("qh3");
+}
+
+fn python_h3_client_downloads_byte_identical_and_resumes_with_0rtt(lib: &str) {
     if !privileged() {
         return;
     }
     let net = TestNet::create(&TestNetConfig::default()).unwrap();
-    let server = start_server(&net, "aioquic");
+    let server = start_server(&net, lib);
     let root = server.dir.join("root");
     let mut paths = vec![
         "/small.txt".to_string(),
@@ -195,8 +205,8 @@ fn aioquic_client_downloads_byte_identical_and_resumes_with_0rtt() {
         "/bytes/2000000".into(),
     ];
     paths.extend((1..=40).map(|i| format!("/bytes/{}", i * 777)));
-    let out = server.dir.join("aioquic");
-    let report = aioquic(&net, &server, &out, &paths, false);
+    let out = server.dir.join(lib);
+    let report = aioquic(&net, &server, lib, &out, &paths, false);
     for (i, path) in paths.iter().enumerate() {
         let got = std::fs::read(out.join(i.to_string())).unwrap();
         assert!(
@@ -218,8 +228,8 @@ fn aioquic_client_downloads_byte_identical_and_resumes_with_0rtt() {
     // Resumption with 0-RTT: the second connection's requests go out as
     // early data, which the server accepts.
     let paths = ["/small.txt".to_string(), "/bytes/100000".into()];
-    let out = server.dir.join("aioquic-0rtt");
-    let report = aioquic(&net, &server, &out, &paths, true);
+    let out = server.dir.join(format!("{lib}-0rtt"));
+    let report = aioquic(&net, &server, lib, &out, &paths, true);
     assert_eq!(report["session_resumed"], true, "{report}");
     assert_eq!(report["early_data_accepted"], true, "{report}");
     for (i, path) in paths.iter().enumerate() {
@@ -231,10 +241,12 @@ fn aioquic_client_downloads_byte_identical_and_resumes_with_0rtt() {
     }
 }
 
-/// Runs the aioquic client script from the client namespace; its JSON report.
+/// Runs the aioquic client script (with aioquic or qh3) from the client
+/// namespace; its JSON report.
 fn aioquic(
     net: &TestNet,
     server: &Server,
+    lib: &str,
     out: &Path,
     paths: &[String],
     resume: bool,
@@ -242,7 +254,8 @@ fn aioquic(
     let mut args: Vec<OsString> = vec![out.into()];
     args.extend(paths.iter().map(OsString::from));
     args.extend(resume.then(|| "--resume".into()));
-    python_client(net, server, "aioquic_get.py", "aioquic", 60, &args)
+    args.extend(["--lib".into(), lib.into()]);
+    python_client(net, server, "aioquic_get.py", lib, 60, &args)
 }
 
 /// Runs `interop/SCRIPT HOST PORT CA ARGS...` with the interop venv's
