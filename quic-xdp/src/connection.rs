@@ -15,7 +15,7 @@ use quinn_proto::{ConnectionError, ConnectionStats, Dir, VarInt};
 use tokio::sync::oneshot;
 
 use crate::{
-    shared::{Command, ConnRef, EngineShared, push_waker},
+    shared::{Command, ConnRef, EngineShared},
     streams::{RecvStream, SendStream},
 };
 
@@ -329,18 +329,24 @@ impl Connection {
 
     /// The next unreliable datagram received from the peer.
     pub async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
-        poll_fn(|cx| {
-            let mut st = self.0.lock();
-            if let Some(d) = st.inner.datagrams().recv() {
-                return Poll::Ready(Ok(d));
+        let notify = self.0.lock().on_datagram.clone();
+        loop {
+            // Registered before the state is looked at: a datagram that
+            // arrives in between wakes it.
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.0.lock();
+                if let Some(d) = st.inner.datagrams().recv() {
+                    return Ok(d);
+                }
+                if let Some(e) = &st.error {
+                    return Err(e.clone());
+                }
             }
-            if let Some(e) = &st.error {
-                return Poll::Ready(Err(e.clone()));
-            }
-            push_waker(&mut st.on_datagram, cx.waker());
-            Poll::Pending
-        })
-        .await
+            notified.await;
+        }
     }
 
     /// The largest datagram `send_datagram` accepts now, if any.
@@ -370,15 +376,16 @@ impl Connection {
 
     /// Resolves when the connection ends, with the reason.
     pub async fn closed(&self) -> ConnectionError {
-        poll_fn(|cx| {
-            let mut st = self.0.lock();
-            if let Some(e) = &st.error {
-                return Poll::Ready(e.clone());
+        let notify = self.0.lock().on_closed.clone();
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(e) = &self.0.lock().error {
+                return e.clone();
             }
-            push_waker(&mut st.on_closed, cx.waker());
-            Poll::Pending
-        })
-        .await
+            notified.await;
+        }
     }
 
     /// Why the connection ended, if it did.

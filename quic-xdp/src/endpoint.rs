@@ -159,6 +159,12 @@ impl Endpoint {
         admission: Admission,
         dev_ca: Option<CertificateDer<'static>>,
     ) -> Result<Self, Error> {
+        if groups.is_empty() {
+            // Nothing would ever read the datapath, or say it stopped.
+            return Err(Error::Engine(std::io::Error::other(
+                "the datapath has no queue to serve",
+            )));
+        }
         let shared = Arc::new(EndpointShared::default());
         let engines: Vec<_> = (0..groups.len())
             .map(|_| Arc::new(EngineShared::new(shared.clone())))

@@ -330,8 +330,12 @@ pub(crate) struct ConnState {
     pub writers: HashMap<StreamId, Waker>,
     pub on_opened: [Vec<Waker>; 2],
     pub on_available: [Vec<Waker>; 2],
-    pub on_datagram: Vec<Waker>,
-    pub on_closed: Vec<Waker>,
+    /// Waiters that are often cancelled (`select!` on `closed()`, a
+    /// timeout on `read_datagram`): a `Notify` forgets a waiter whose
+    /// future is dropped, where a list of wakers would keep it until the
+    /// event. Notified under the state's lock, after the state changed.
+    pub on_datagram: Arc<tokio::sync::Notify>,
+    pub on_closed: Arc<tokio::sync::Notify>,
     /// Streams this side finished whose data the peer has not all
     /// acknowledged yet: a close that waits for them loses no response.
     pub finishing: HashSet<StreamId>,
@@ -362,8 +366,8 @@ impl ConnState {
             writers: HashMap::new(),
             on_opened: [Vec::new(), Vec::new()],
             on_available: [Vec::new(), Vec::new()],
-            on_datagram: Vec::new(),
-            on_closed: Vec::new(),
+            on_datagram: Arc::default(),
+            on_closed: Arc::default(),
             finishing: HashSet::new(),
             close_when_flushed: None,
             accepted: Instant::now(),
@@ -435,7 +439,7 @@ impl ConnState {
             Stream(StreamEvent::Available { dir }) => {
                 wake_all(&mut self.on_available[dir_index(dir)])
             }
-            DatagramReceived => wake_all(&mut self.on_datagram),
+            DatagramReceived => self.on_datagram.notify_waiters(),
             DatagramsUnblocked => {}
         }
     }
@@ -453,10 +457,11 @@ impl ConnState {
             .on_opened
             .iter_mut()
             .chain(self.on_available.iter_mut())
-            .chain([&mut self.on_datagram, &mut self.on_closed])
         {
             wake_all(list);
         }
+        self.on_datagram.notify_waiters();
+        self.on_closed.notify_waiters();
     }
 }
 
@@ -472,22 +477,10 @@ fn wake_all(list: &mut Vec<Waker>) {
     }
 }
 
-/// Waiting tasks a waker list holds before it wakes them all: a future
-/// dropped while pending leaves its waker behind, and per-request tasks
-/// that wait in a `select!` would otherwise grow the list for the whole
-/// life of the connection.
-const WAKERS_MAX: usize = 64;
-
 pub(crate) fn push_waker(list: &mut Vec<Waker>, waker: &Waker) {
-    if list.iter().any(|w| w.will_wake(waker)) {
-        return;
+    if !list.iter().any(|w| w.will_wake(waker)) {
+        list.push(waker.clone());
     }
-    if list.len() >= WAKERS_MAX {
-        // The tasks still waiting poll again and register anew; the
-        // wakers of those that gave up go.
-        wake_all(list);
-    }
-    list.push(waker.clone());
 }
 
 #[cfg(test)]
@@ -518,35 +511,5 @@ mod tests {
         // Drained by the engine: room again.
         engine.inbox.lock().unwrap().clear();
         assert_eq!(engine.forward(&mut forwarded(5)), 0);
-    }
-
-    /// A task's waker, counting its wake-ups.
-    struct Task(std::sync::atomic::AtomicUsize);
-
-    impl std::task::Wake for Task {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    #[test]
-    fn waker_lists_stay_bounded_and_wake_what_they_let_go() {
-        let tasks: Vec<Arc<Task>> = (0..1000).map(|_| Arc::new(Task(0.into()))).collect();
-        let mut list = Vec::new();
-        for task in &tasks {
-            let waker = Waker::from(task.clone());
-            push_waker(&mut list, &waker);
-            // The same task again takes no second place.
-            push_waker(&mut list, &waker);
-            assert!(list.len() <= WAKERS_MAX);
-        }
-        // Every task is either still in the list or was woken to register
-        // again: none waits unheard.
-        let woken = tasks
-            .iter()
-            .filter(|t| t.0.load(Ordering::Relaxed) > 0)
-            .count();
-        assert_eq!(woken + list.len(), tasks.len());
-        assert!(woken > 0);
     }
 }

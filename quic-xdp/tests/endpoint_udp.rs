@@ -199,6 +199,45 @@ async fn datagrams_are_echoed() {
     ep.shutdown().await;
 }
 
+/// Many tasks wait for the end of one connection, many more gave up
+/// waiting (a `select!` or timeout per request): every one still waiting
+/// hears the end, and those that gave up left nothing to wake.
+#[tokio::test]
+async fn every_waiter_hears_the_connection_end() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    let client = client(server, ep.dev_ca_certificate().unwrap());
+    // Kept (with its result) until the end of the test.
+    let _client_conn = tokio::spawn(client.connect(server, "localhost").unwrap());
+    let conn = timeout(Duration::from_secs(10), async {
+        ep.accept().await.unwrap().accept().await.unwrap()
+    })
+    .await
+    .unwrap();
+    for _ in 0..300 {
+        let _ = timeout(Duration::from_micros(1), conn.closed()).await;
+        let _ = timeout(Duration::from_micros(1), conn.read_datagram()).await;
+    }
+    let waiters: Vec<_> = (0..200)
+        .map(|i| {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                if i % 2 == 0 {
+                    conn.closed().await
+                } else {
+                    conn.read_datagram().await.unwrap_err()
+                }
+            })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    conn.close(VarInt::from_u32(7), b"done");
+    for w in waiters {
+        let reason = timeout(Duration::from_secs(10), w).await.unwrap().unwrap();
+        assert_eq!(reason, ConnectionError::LocallyClosed);
+    }
+    ep.shutdown().await;
+}
+
 #[tokio::test]
 async fn server_close_carries_code_and_reason() {
     let (ep, server) = start(builder("127.0.0.1:0"));
@@ -658,7 +697,8 @@ async fn accept_obeys_the_connection_limit() {
         clients.push(timeout(Duration::from_secs(10), c).await.unwrap());
     }
     assert_eq!(clients.iter().filter(|c| c.is_ok()).count(), 1);
-    assert_eq!(ep.stats().admission.refused, 1);
+    // At least: a slow machine may see the refused client's Initial again.
+    assert!(ep.stats().admission.refused >= 1);
     drop(results);
     ep.shutdown().await;
 }
