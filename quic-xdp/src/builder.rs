@@ -203,7 +203,8 @@ impl EndpointBuilder {
         self
     }
 
-    /// Attempts beyond this many open connections are refused.
+    /// Attempts beyond this many open connections are refused, those the
+    /// application accepts itself included.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
         self

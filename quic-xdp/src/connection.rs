@@ -78,7 +78,11 @@ impl Incoming {
     }
 
     /// Accepts the attempt; await the result for the established
-    /// connection.
+    /// connection. Admission is looked at again when the engine carries
+    /// this out: an endpoint that stopped accepting, or that reached its
+    /// connection limit meanwhile, refuses it (CONNECTION_REFUSED), and a
+    /// closed one fails it (`LocallyClosed`). Dropping the `Connecting`
+    /// before it resolves closes the connection.
     pub fn accept(mut self) -> Connecting {
         let (incoming, queue) = self.take().expect("decided once");
         let (reply, rx) = oneshot::channel();
