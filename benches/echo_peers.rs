@@ -291,7 +291,12 @@ pub async fn measure<F>(
 where
     F: std::future::Future<Output = anyhow::Result<(f64, Vec<f64>)>>,
 {
-    let datagrams = || conn.map(|c| (c.stats().udp_rx.datagrams, c.stats().udp_tx.datagrams));
+    let datagrams = || {
+        conn.map(|c| {
+            let stats = c.stats();
+            (stats.udp_rx.datagrams, stats.udp_tx.datagrams)
+        })
+    };
     let datagrams_before = datagrams();
     let cpu_before = crate::common::ThreadCpu::sample(SERVER_THREADS);
     let client_before = crate::common::ThreadCpu::sample(CLIENT_THREADS);

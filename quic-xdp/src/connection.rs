@@ -15,7 +15,7 @@ use quinn_proto::{ConnectionError, ConnectionStats, Dir, VarInt};
 use tokio::sync::oneshot;
 
 use crate::{
-    shared::{Command, ConnRef, EngineShared},
+    shared::{Command, ConnRef, EngineShared, wait_for},
     streams::{RecvStream, SendStream},
 };
 
@@ -334,23 +334,14 @@ impl Connection {
     /// The next unreliable datagram received from the peer.
     pub async fn read_datagram(&self) -> Result<Bytes, ConnectionError> {
         let notify = self.0.lock().on_datagram.clone();
-        loop {
-            // Registered before the state is looked at: a datagram that
-            // arrives in between wakes it.
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut st = self.0.lock();
-                if let Some(d) = st.inner.datagrams().recv() {
-                    return Ok(d);
-                }
-                if let Some(e) = &st.error {
-                    return Err(e.clone());
-                }
+        wait_for(&notify, || {
+            let mut st = self.0.lock();
+            if let Some(d) = st.inner.datagrams().recv() {
+                return Some(Ok(d));
             }
-            notified.await;
-        }
+            st.error.clone().map(Err)
+        })
+        .await
     }
 
     /// The largest datagram `send_datagram` accepts now, if any.
@@ -381,15 +372,7 @@ impl Connection {
     /// Resolves when the connection ends, with the reason.
     pub async fn closed(&self) -> ConnectionError {
         let notify = self.0.lock().on_closed.clone();
-        loop {
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(e) = &self.0.lock().error {
-                return e.clone();
-            }
-            notified.await;
-        }
+        wait_for(&notify, || self.0.lock().error.clone()).await
     }
 
     /// Why the connection ended, if it did.

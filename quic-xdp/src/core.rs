@@ -346,15 +346,7 @@ impl EngineCore {
         endpoint.closed.store(true, Ordering::Release);
         // Attempts still waiting for the application: refuse those this
         // engine received (the others refuse their own).
-        let mine: Vec<Incoming> = {
-            let mut waiting = lock(&endpoint.incoming);
-            let (mine, theirs): (Vec<_>, Vec<_>) = waiting
-                .drain(..)
-                .partition(|i: &Incoming| Arc::ptr_eq(i.engine(), &self.shared));
-            waiting.extend(theirs);
-            mine
-        };
-        for mut incoming in mine {
+        for mut incoming in endpoint.take_attempts_of(&self.shared) {
             if let Some((inner, queue)) = incoming.take() {
                 self.decided();
                 self.refuse(inner, queue);

@@ -21,7 +21,7 @@ use crate::{
     core::{Admission, EngineCore, Handler, ServeHandler},
     engine::{Engine, Peers},
     shared::lock,
-    shared::{Command, EndpointShared, EngineShared},
+    shared::{Command, EndpointShared, EngineShared, wait_for},
 };
 
 /// Connection admission counts.
@@ -85,12 +85,17 @@ struct EndpointInner {
 
 impl EndpointInner {
     fn close(&self, code: VarInt, reason: Bytes) {
-        for engine in &self.engines {
-            engine.command(Command::Close {
-                code,
-                reason: reason.clone(),
-            });
-        }
+        close_all(&self.engines, code, reason);
+    }
+}
+
+/// Tells every engine in `engines` to close its connections and stop.
+fn close_all(engines: &[Arc<EngineShared>], code: VarInt, reason: Bytes) {
+    for engine in engines {
+        engine.command(Command::Close {
+            code,
+            reason: reason.clone(),
+        });
     }
 }
 
@@ -105,22 +110,13 @@ fn fail_closed(engines: &[Arc<EngineShared>], index: usize) {
     endpoint.closed.store(true, Ordering::Release);
     // Its attempts still waiting for `accept` can never be decided (each
     // holds the engine, which holds the endpoint: a cycle otherwise).
-    let dead = {
-        let mut waiting = lock(&endpoint.incoming);
-        let (dead, live) = std::mem::take(&mut *waiting)
-            .into_iter()
-            .partition(|i: &Incoming| Arc::ptr_eq(i.engine(), &engines[index]));
-        *waiting = live;
-        dead
-    };
-    drop::<std::collections::VecDeque<_>>(dead);
+    drop(endpoint.take_attempts_of(&engines[index]));
     endpoint.incoming_ready.notify_waiters();
-    for engine in engines {
-        engine.command(Command::Close {
-            code: VarInt::from_u32(0),
-            reason: Bytes::from_static(b"server error"),
-        });
-    }
+    close_all(
+        engines,
+        VarInt::from_u32(0),
+        Bytes::from_static(b"server error"),
+    );
     if endpoint.open_connections.load(Ordering::Acquire) == 0 {
         endpoint.idle.notify_waiters();
     }
@@ -217,12 +213,7 @@ impl Endpoint {
                 Err(e) => {
                     // The engines already started stop; the ones that
                     // never will are counted out here.
-                    for engine in &engines[..index] {
-                        engine.command(Command::Close {
-                            code: VarInt::from_u32(0),
-                            reason: Bytes::new(),
-                        });
-                    }
+                    close_all(&engines[..index], VarInt::from_u32(0), Bytes::new());
                     engine_stopped(&shared, &datapath, engine_count - index);
                     for thread in threads {
                         let _ = thread.join();
@@ -271,18 +262,14 @@ impl Endpoint {
     /// serves (`serve`: the handler gets every attempt).
     pub async fn accept(&self) -> Option<Incoming> {
         let shared = &self.inner.shared;
-        loop {
-            let notified = shared.incoming_ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+        wait_for(&shared.incoming_ready, || {
             if let Some(incoming) = lock(&shared.incoming).pop_front() {
-                return Some(incoming);
+                return Some(Some(incoming));
             }
-            if shared.closed.load(Ordering::Acquire) || self.inner.handler.get().is_some() {
-                return None;
-            }
-            notified.await;
-        }
+            let over = shared.closed.load(Ordering::Acquire) || self.inner.handler.get().is_some();
+            over.then_some(None)
+        })
+        .await
     }
 
     /// Runs `handler` for every new connection, on the engine thread that
@@ -380,15 +367,10 @@ impl Endpoint {
     /// Resolves when no connection is open.
     pub async fn wait_idle(&self) {
         let shared = &self.inner.shared;
-        loop {
-            let notified = shared.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if shared.open_connections.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
+        wait_for(&shared.idle, || {
+            (shared.open_connections.load(Ordering::Acquire) == 0).then_some(())
+        })
+        .await
     }
 
     /// Graceful shutdown: closes the connections (code 0), lets them
@@ -399,15 +381,10 @@ impl Endpoint {
         self.close(VarInt::from_u32(0), b"");
         self.wait_idle().await;
         let shared = &self.inner.shared;
-        loop {
-            let notified = shared.stopped_notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if shared.stopped.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
+        wait_for(&shared.stopped_notify, || {
+            shared.stopped.load(Ordering::Acquire).then_some(())
+        })
+        .await
     }
 
     /// Adds this endpoint's metrics to `registry` (Prometheus text format

@@ -123,6 +123,37 @@ pub(crate) struct EndpointShared {
     pub histograms: crate::metrics::Histograms,
 }
 
+impl EndpointShared {
+    /// Takes the attempts waiting for `accept` that `engine` received (to
+    /// refuse or drop them outside the queue's lock).
+    pub fn take_attempts_of(&self, engine: &Arc<EngineShared>) -> Vec<crate::Incoming> {
+        let mut waiting = lock(&self.incoming);
+        let (mine, theirs): (Vec<_>, Vec<_>) = waiting
+            .drain(..)
+            .partition(|i: &crate::Incoming| Arc::ptr_eq(i.engine(), engine));
+        waiting.extend(theirs);
+        mine
+    }
+}
+
+/// Waits until `ready` gives a value. Registered with `notify` before
+/// each look, so a `notify_waiters` after the state changed is never
+/// missed; a cancelled wait leaves nothing behind.
+pub(crate) async fn wait_for<T>(
+    notify: &tokio::sync::Notify,
+    mut ready: impl FnMut() -> Option<T>,
+) -> T {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(value) = ready() {
+            return value;
+        }
+        notified.await;
+    }
+}
+
 /// A datagram that arrived at one engine for a connection another owns.
 pub(crate) struct Forwarded {
     pub remote: std::net::SocketAddr,
@@ -198,18 +229,17 @@ impl EngineShared {
     }
 
     pub fn command(&self, command: Command) {
-        {
-            // Checked under the lock `stop_commands` holds, so that no
-            // command lands in a list nobody reads again.
-            let mut commands = lock(&self.commands);
-            if !self.dead.load(Ordering::Acquire) {
-                commands.push(command);
-                drop(commands);
-                self.waker.wake();
-                return;
-            }
+        // Checked under the lock `stop_commands` holds, so that no command
+        // lands in a list nobody reads again.
+        let mut commands = lock(&self.commands);
+        if self.dead.load(Ordering::Acquire) {
+            drop(commands);
+            drop(command); // outside the lock: reply channels close
+            return;
         }
-        drop(command); // outside the lock: reply channels close
+        commands.push(command);
+        drop(commands);
+        self.waker.wake();
     }
 }
 

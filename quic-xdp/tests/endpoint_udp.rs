@@ -556,14 +556,20 @@ async fn waiting_attempt(
 ) -> (quinn::Endpoint, quinn::Connecting) {
     let client = client(server, ep.dev_ca_certificate().unwrap());
     let connecting = client.connect(server, "localhost").unwrap();
+    until_waiting(ep, |n| n > 0, "the attempt waits for accept").await;
+    (client, connecting)
+}
+
+/// Waits (up to 10 s) until the attempts waiting for `accept` satisfy
+/// `count`; `what` says what that means when they do not.
+async fn until_waiting(ep: &Endpoint, count: impl Fn(usize) -> bool, what: &str) {
     timeout(Duration::from_secs(10), async {
-        while ep.stats().waiting_attempts == 0 {
+        while !count(ep.stats().waiting_attempts) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
     .await
-    .expect("the attempt waits for accept");
-    (client, connecting)
+    .expect(what);
 }
 
 /// The same attempt, taken by the application with `accept`.
@@ -673,13 +679,7 @@ async fn accept_obeys_the_connection_limit() {
     let (ep, server) = start(builder("127.0.0.1:0").max_connections(1));
     let client = client(server, ep.dev_ca_certificate().unwrap());
     let connecting = [0, 1].map(|_| client.connect(server, "localhost").unwrap());
-    timeout(Duration::from_secs(10), async {
-        while ep.stats().waiting_attempts < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("both attempts wait for accept");
+    until_waiting(&ep, |n| n >= 2, "both attempts wait for accept").await;
     let mut results = Vec::new();
     for _ in 0..2 {
         let incoming = ep.accept().await.unwrap();
@@ -854,12 +854,6 @@ async fn a_panicking_engine_takes_its_waiting_attempts_with_it() {
     let (ep, server) = start(builder("127.0.0.1:0"));
     let (_client, _connecting) = waiting_attempt(&ep, server).await;
     ep.panic_engine_for_test(0);
-    timeout(Duration::from_secs(10), async {
-        while ep.stats().waiting_attempts > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the attempt went with the engine");
+    until_waiting(&ep, |n| n == 0, "the attempt went with the engine").await;
     assert_fails_closed(&ep).await;
 }
