@@ -230,15 +230,8 @@ impl EngineCore {
 
     fn carry_out(&mut self, commands: Vec<Command>, now: Instant) {
         for command in commands {
-            if matches!(
-                command,
-                Command::Accept { .. }
-                    | Command::Serve(..)
-                    | Command::Refuse(..)
-                    | Command::Retry(..)
-                    | Command::Ignore(..)
-            ) {
-                self.decided();
+            if command.is_decision() {
+                self.shared.decided();
             }
             match command {
                 Command::Accept {
@@ -312,15 +305,6 @@ impl EngineCore {
         }
     }
 
-    /// An attempt handed to the application has been decided (accepted,
-    /// refused, retried or ignored) here.
-    fn decided(&self) {
-        self.shared
-            .endpoint
-            .undecided
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-
     fn refuse(&mut self, incoming: quinn_proto::Incoming, queue: usize) {
         self.tx_buf.clear();
         let t = self.endpoint.refuse(incoming, &mut self.tx_buf);
@@ -348,7 +332,7 @@ impl EngineCore {
         // engine received (the others refuse their own).
         for mut incoming in endpoint.take_attempts_of(&self.shared) {
             if let Some((inner, queue)) = incoming.take() {
-                self.decided();
+                self.shared.decided();
                 self.refuse(inner, queue);
             }
         }

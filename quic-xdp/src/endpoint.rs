@@ -52,6 +52,11 @@ pub struct EndpointStats {
     pub open_connections: usize,
     /// Connection attempts waiting for [`Endpoint::accept`].
     pub waiting_attempts: usize,
+    /// Connection attempts handed to the application (waiting for
+    /// `accept`, or taken and not yet accepted, refused, retried or
+    /// ignored by their engine): with the handshakes in progress, what
+    /// [`RetryPolicy::WhenBusy`](crate::RetryPolicy::WhenBusy) counts.
+    pub undecided_attempts: usize,
     /// Connection admission counts.
     pub admission: EndpointCounters,
     /// Datapath counters summed over the queues.
@@ -417,6 +422,7 @@ impl Endpoint {
         EndpointStats {
             open_connections: self.inner.shared.open_connections.load(Ordering::Relaxed),
             waiting_attempts: lock(&self.inner.shared.incoming).len(),
+            undecided_attempts: self.inner.shared.undecided.load(Ordering::Relaxed),
             admission: *lock(&self.inner.shared.stats),
             datapath,
             queues,

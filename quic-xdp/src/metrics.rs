@@ -100,6 +100,12 @@ where
             "Connection attempts waiting for the application's accept",
             stats.waiting_attempts as i64,
         )?;
+        gauge(
+            &mut encoder,
+            "quic_xdp_connection_attempts_undecided",
+            "Connection attempts handed to the application and not yet decided",
+            stats.undecided_attempts as i64,
+        )?;
         let a = stats.admission;
         for (name, help, value) in [
             (

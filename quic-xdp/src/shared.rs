@@ -60,6 +60,21 @@ pub(crate) enum Command {
     SlowInitials(std::time::Duration),
 }
 
+impl Command {
+    /// Whether this decides an attempt (`Incoming`): it counted as
+    /// undecided until the engine carries it out or drops it.
+    pub fn is_decision(&self) -> bool {
+        matches!(
+            self,
+            Command::Accept { .. }
+                | Command::Serve(..)
+                | Command::Refuse(..)
+                | Command::Retry(..)
+                | Command::Ignore(..)
+        )
+    }
+}
+
 /// Wakes the engine task: from its own thread (a handler's write) that is
 /// a push onto the runtime's local queue; from another thread, tokio's own
 /// unpark. At most one wake-up between two engine passes.
@@ -198,8 +213,23 @@ impl EngineShared {
     /// accept's reply channel closes, its `Connecting` fails), and so is
     /// whatever comes later.
     pub fn die(&self) {
-        drop(self.stop_commands());
+        self.drop_commands(self.stop_commands());
         lock(&self.inbox).clear();
+    }
+
+    /// Commands no engine will carry out; their attempts stop counting as
+    /// undecided (Retry looks at that count).
+    fn drop_commands(&self, commands: impl IntoIterator<Item = Command>) {
+        for command in commands {
+            if command.is_decision() {
+                self.decided();
+            }
+        }
+    }
+
+    /// An attempt's decision was carried out or dropped.
+    pub fn decided(&self) {
+        self.endpoint.undecided.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// The engine takes no command from now on: later ones are dropped as
@@ -234,7 +264,7 @@ impl EngineShared {
         let mut commands = lock(&self.commands);
         if self.dead.load(Ordering::Acquire) {
             drop(commands);
-            drop(command); // outside the lock: reply channels close
+            self.drop_commands([command]); // outside the lock: reply channels close
             return;
         }
         commands.push(command);

@@ -646,6 +646,7 @@ async fn accepting_after_shutdown_fails_instead_of_waiting() {
         result,
         Err(quic_xdp::ConnectionError::LocallyClosed)
     ));
+    assert_eq!(ep.stats().undecided_attempts, 0, "the dropped decision");
 }
 
 /// An accept whose `Connecting` is dropped before the engine carried it
@@ -856,4 +857,5 @@ async fn a_panicking_engine_takes_its_waiting_attempts_with_it() {
     ep.panic_engine_for_test(0);
     until_waiting(&ep, |n| n == 0, "the attempt went with the engine").await;
     assert_fails_closed(&ep).await;
+    assert_eq!(ep.stats().undecided_attempts, 0);
 }
