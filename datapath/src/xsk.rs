@@ -168,7 +168,11 @@ impl XskQueue {
                 )),
             }
         }
-        Err(refusals.join("; "))
+        let mut reason = refusals.join("; ");
+        if settings.zero_copy == ZeroCopy::Require {
+            reason.push_str(" (zero-copy was required; ZeroCopy::Auto falls back to copy mode)");
+        }
+        Err(reason)
     }
 
     fn open_once(settings: &XskSettings, queue: u32, zero_copy: bool) -> Result<Self, String> {

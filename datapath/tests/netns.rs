@@ -583,6 +583,49 @@ fn without_privilege_auto_falls_back_and_xdp_mode_fails_clearly() {
     }
 }
 
+/// veth offers no zero-copy: requiring it is a clear error naming the
+/// interface and the refusal, with nothing left attached, and a datapath
+/// opened right after (copy mode allowed) serves.
+#[test]
+fn required_zero_copy_on_veth_fails_clearly_and_leaves_nothing_attached() {
+    let Some(net) = testnet(TestNetConfig::default()) else {
+        return;
+    };
+    let err = net
+        .server
+        .run(|| {
+            let mut c = xdp_config("[::]:4433");
+            c.zero_copy = datapath::xsk::ZeroCopy::Require;
+            Datapath::open(&c).map(|dp| dp.mode().clone())
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::Socket { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("veth-s") && message.contains("zero-copy was required"),
+        "{message}"
+    );
+    assert!(
+        !net.server_xdp_attached(),
+        "a failed open left XDP attached"
+    );
+    let server = EchoServer::start(&net, xdp_config("[::]:4433")).unwrap();
+    assert!(
+        matches!(
+            server.mode,
+            ActiveMode::Xdp {
+                zero_copy: false,
+                ..
+            }
+        ),
+        "{}",
+        server.mode
+    );
+    let r = load(&net, net.server_addr(false, PORT), 200, 100, 16);
+    assert_all_echoed(&r, 200, "copy mode after the refusal");
+    server.stop();
+}
+
 /// The kernel-UDP datapath serves the same echo in the same namespaces.
 #[test]
 fn udp_mode_echo_between_namespaces() {
