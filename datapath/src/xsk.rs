@@ -170,7 +170,9 @@ impl XskQueue {
         }
         let mut reason = refusals.join("; ");
         if settings.zero_copy == ZeroCopy::Require {
-            reason.push_str(" (zero-copy was required; ZeroCopy::Auto falls back to copy mode)");
+            reason.push_str(
+                " (zero-copy was required; where the driver does not offer it, ZeroCopy::Auto uses copy mode)",
+            );
         }
         Err(reason)
     }

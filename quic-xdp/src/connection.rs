@@ -46,8 +46,9 @@ impl Incoming {
     }
 
     /// Takes the attempt out to decide it. It stays counted as undecided
-    /// until the engine carries the decision out (`Engine::decided`), so
-    /// attempts on their way to the engine still count against Retry.
+    /// until the engine carries the decision out, or drops it for good
+    /// (`EngineShared::decided`), so attempts on their way to the engine
+    /// still count against Retry.
     pub(crate) fn take(&mut self) -> Option<(quinn_proto::Incoming, usize)> {
         let (incoming, queue) = self.inner.take()?;
         Some((*incoming, queue))

@@ -229,10 +229,8 @@ impl EngineCore {
     }
 
     fn carry_out(&mut self, commands: Vec<Command>, now: Instant) {
+        self.shared.decided(&commands);
         for command in commands {
-            if command.is_decision() {
-                self.shared.decided();
-            }
             match command {
                 Command::Accept {
                     incoming,
@@ -332,7 +330,7 @@ impl EngineCore {
         // engine received (the others refuse their own).
         for mut incoming in endpoint.take_attempts_of(&self.shared) {
             if let Some((inner, queue)) = incoming.take() {
-                self.shared.decided();
+                self.shared.decided_one();
                 self.refuse(inner, queue);
             }
         }

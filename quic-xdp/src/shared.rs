@@ -219,16 +219,23 @@ impl EngineShared {
 
     /// Commands no engine will carry out; their attempts stop counting as
     /// undecided (Retry looks at that count).
-    fn drop_commands(&self, commands: impl IntoIterator<Item = Command>) {
-        for command in commands {
-            if command.is_decision() {
-                self.decided();
-            }
+    fn drop_commands(&self, commands: Vec<Command>) {
+        self.decided(&commands);
+    }
+
+    /// The decisions among `commands` are carried out or dropped: they
+    /// stop counting as undecided, all at once, before any is carried out
+    /// (a panic while carrying out one drops the rest with it).
+    pub fn decided(&self, commands: &[Command]) {
+        let n = commands.iter().filter(|c| c.is_decision()).count();
+        if n > 0 {
+            self.endpoint.undecided.fetch_sub(n, Ordering::Relaxed);
         }
     }
 
-    /// An attempt's decision was carried out or dropped.
-    pub fn decided(&self) {
+    /// One attempt's decision, taken from the accept queue, is carried
+    /// out here.
+    pub fn decided_one(&self) {
         self.endpoint.undecided.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -264,7 +271,7 @@ impl EngineShared {
         let mut commands = lock(&self.commands);
         if self.dead.load(Ordering::Acquire) {
             drop(commands);
-            self.drop_commands([command]); // outside the lock: reply channels close
+            self.drop_commands(vec![command]); // outside the lock: reply channels close
             return;
         }
         commands.push(command);

@@ -859,3 +859,17 @@ async fn a_panicking_engine_takes_its_waiting_attempts_with_it() {
     assert_fails_closed(&ep).await;
     assert_eq!(ep.stats().undecided_attempts, 0);
 }
+
+/// A decision sent right behind the command that makes the engine panic
+/// (usually carried out in the same batch, so the panic drops it
+/// unexecuted) stops counting as undecided all the same.
+#[tokio::test]
+async fn a_decision_dropped_by_a_panic_is_no_longer_undecided() {
+    let (ep, server) = start(builder("127.0.0.1:0"));
+    let (_client, _connecting, incoming) = taken_attempt(&ep, server).await;
+    assert_eq!(ep.stats().undecided_attempts, 1);
+    ep.panic_engine_for_test(0);
+    incoming.refuse();
+    assert_fails_closed(&ep).await;
+    assert_eq!(ep.stats().undecided_attempts, 0);
+}
