@@ -11,9 +11,12 @@
 //!   answered with Version Negotiation (by quic-xdp's XDP program, XDP_TX).
 //!
 //! For each kind: the server threads' CPU time per flood frame (flood
-//! alone), and the request/response rate of a real quinn client during the
-//! flood, beside its rate without one. On 2 vCPUs the flooder takes a core
-//! of its own. For quic-xdp the XDP verdicts must account for every frame.
+//! alone), per frame sent and per frame the server read (what it did not
+//! read was dropped before it: in the XDP program, or by the kernel for
+//! want of ring or socket room), and the request/response rate of a real
+//! quinn client during the flood, beside its rate without one. On 2 vCPUs
+//! the flooder takes a core of its own. For quic-xdp the XDP verdicts
+//! must account for every frame.
 //! Thread budget as in quic_echo: one busy server thread each.
 //!
 //!     sudo cargo bench -p quic-xdp-benches --bench flood -- --secs 3 --rounds 5
@@ -227,12 +230,47 @@ impl RawSender {
 struct FloodSample {
     /// Flood frames sent per second (flood alone).
     flood_rate: f64,
-    /// Server CPU microseconds per flood frame.
+    /// Server CPU microseconds per flood frame sent.
     cpu_us_per_frame: f64,
+    /// Flood frames the server read (off its rings or socket) / sent: the
+    /// rest were dropped before it (in the XDP program, or by the kernel
+    /// for want of ring or socket buffer room).
+    read_fraction: f64,
+    /// Server CPU microseconds per flood frame it read (NaN when it read
+    /// under 1% of them).
+    cpu_us_per_frame_read: f64,
     /// Client requests/s during the flood.
     rr_during: f64,
     /// For quic-xdp: flood frames the XDP program dropped / sent.
     xdp_handled: f64,
+}
+
+/// Datagrams the server has read so far: off the AF_XDP rings and the
+/// kernel socket for quic-xdp (its counters), delivered to UDP sockets in
+/// the server's namespace for quinn (the kernel's `Udp: InDatagrams`).
+fn frames_read(net: &TestNet, running: &Running) -> anyhow::Result<u64> {
+    Ok(match running {
+        Running::QuicXdp(ep) => {
+            let c = ep.stats().datapath;
+            c.rx_packets + c.rx_malformed + c.rx_bad_checksum
+        }
+        Running::Quinn(_) => {
+            // /proc/thread-self: the namespace of the thread that reads.
+            let snmp = net
+                .server
+                .run(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))?;
+            udp_in_datagrams(&snmp).context("no Udp InDatagrams in /proc/net/snmp")?
+        }
+    })
+}
+
+/// `InDatagrams` from the text of /proc/net/snmp (a `Udp:` line of names,
+/// then one of values).
+fn udp_in_datagrams(snmp: &str) -> Option<u64> {
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let at = names.split_whitespace().position(|n| n == "InDatagrams")?;
+    values.split_whitespace().nth(at)?.parse().ok()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -279,6 +317,7 @@ fn main() -> anyhow::Result<()> {
             baseline[s].push(quiet);
             for (k, kind) in Flood::ALL.into_iter().enumerate() {
                 let before = steering(&running);
+                let read_before = frames_read(&net, &running)?;
                 let cpu_before = common::ThreadCpu::sample(SERVER_THREADS);
                 let flooder = Flooder::start(&net, kind);
                 std::thread::sleep(secs);
@@ -288,6 +327,7 @@ fn main() -> anyhow::Result<()> {
                 let cpu = common::ThreadCpu::sample(SERVER_THREADS)
                     .since(&cpu_before)
                     .as_secs_f64();
+                let read = frames_read(&net, &running)? - read_before;
                 let xdp_handled = match (before, steering(&running)) {
                     (Some(b), Some(a)) => {
                         let d = a.since(&b);
@@ -324,15 +364,24 @@ fn main() -> anyhow::Result<()> {
                 let sample = FloodSample {
                     flood_rate: sent as f64 / args.secs,
                     cpu_us_per_frame: cpu * 1e6 / sent as f64,
+                    read_fraction: read as f64 / sent as f64,
+                    // Nothing to divide by where the program dropped the flood.
+                    cpu_us_per_frame_read: if read * 100 < sent {
+                        f64::NAN
+                    } else {
+                        cpu * 1e6 / read as f64
+                    },
                     rr_during: during,
                     xdp_handled,
                 };
                 eprintln!(
-                    "round {round}: {:<44} {:<28} {:>7.0} frames/s, {:.3} us CPU/frame, rr {:>6.0} req/s during (quiet {quiet:.0}), handled in XDP {:.2}",
+                    "round {round}: {:<44} {:<28} {:>7.0} frames/s, {:.3} us CPU/frame ({:.2} read, {:.3} us each), rr {:>6.0} req/s during (quiet {quiet:.0}), handled in XDP {:.2}",
                     server_name((server, rate)),
                     kind.name(),
                     sample.flood_rate,
                     sample.cpu_us_per_frame,
+                    sample.read_fraction,
+                    sample.cpu_us_per_frame_read,
                     sample.rr_during,
                     sample.xdp_handled
                 );
@@ -349,9 +398,9 @@ fn main() -> anyhow::Result<()> {
         args.rounds, args.concurrency
     );
     println!(
-        "| flood | server | flood frames/s | server CPU us/frame | CPU vs quinn | rr during flood | vs quinn | rr without flood | handled in XDP (dropped or answered) |"
+        "| flood | server | flood frames/s | server CPU us/frame | CPU vs quinn | read by the server | CPU us/frame read | rr during flood | vs quinn | rr without flood | handled in XDP (dropped or answered) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let med = |v: Vec<f64>| common::median(v);
     for (k, kind) in Flood::ALL.into_iter().enumerate() {
         let field = |s: usize, f: fn(&FloodSample) -> f64| -> Vec<f64> {
@@ -360,12 +409,14 @@ fn main() -> anyhow::Result<()> {
         let quinn = SERVERS.len() - 1;
         for (s, server) in SERVERS.into_iter().enumerate() {
             println!(
-                "| {} | {} | {:.0} | {} | {:.2} | {} | {:.2} | {:.0} | {:.2} |",
+                "| {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.3} | {} | {:.2} | {:.0} | {:.2} |",
                 kind.name(),
                 server_name(server),
                 med(field(s, |x| x.flood_rate)),
                 common::spread(&field(s, |x| x.cpu_us_per_frame), 3),
                 med(field(s, |x| x.cpu_us_per_frame)) / med(field(quinn, |x| x.cpu_us_per_frame)),
+                med(field(s, |x| x.read_fraction)),
+                med(field(s, |x| x.cpu_us_per_frame_read)),
                 common::spread(&field(s, |x| x.rr_during), 0),
                 med(field(s, |x| x.rr_during)) / med(field(quinn, |x| x.rr_during)),
                 med(baseline[s].clone()),
