@@ -14,7 +14,7 @@
 //!    tasks have run, `drive_touched` (transmits) and `send_responses`.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::BTreeSet,
     future::Future,
     io,
     net::{IpAddr, SocketAddr},
@@ -28,6 +28,7 @@ use datapath::{PacketIo, Transmit, io::EcnCodepoint as WireEcn};
 use quinn_proto::{
     ConnectionError, ConnectionHandle, DatagramEvent, EcnCodepoint, Endpoint as ProtoEndpoint,
 };
+use rustc_hash::FxHashMap;
 
 use crate::{
     Connecting, Connection, Incoming,
@@ -89,7 +90,8 @@ pub(crate) type ServeHandler = Arc<OnceLock<Handler>>;
 
 pub(crate) struct EngineCore {
     endpoint: ProtoEndpoint,
-    conns: HashMap<ConnectionHandle, Arc<ConnShared>>,
+    /// Fx: the handles are quinn-proto's own slab indices.
+    conns: FxHashMap<ConnectionHandle, Arc<ConnShared>>,
     timers: BTreeSet<(Instant, ConnectionHandle)>,
     shared: Arc<EngineShared>,
     admission: Arc<Admission>,
@@ -124,7 +126,7 @@ impl EngineCore {
     ) -> Self {
         Self {
             endpoint,
-            conns: HashMap::new(),
+            conns: FxHashMap::default(),
             timers: BTreeSet::new(),
             shared,
             admission,

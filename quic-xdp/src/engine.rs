@@ -237,9 +237,10 @@ impl Engine {
     }
 
     /// Feeds every waiting datagram to its engine; returns how many were
-    /// received here. A queue is read only while the runtime says it is
-    /// readable, and that readiness is cleared only once a read found it
-    /// empty, so no wake-up is lost.
+    /// received here. A kernel socket is read only while the runtime says
+    /// it is readable; an AF_XDP ring is looked at every pass. Readiness is
+    /// cleared only once a read found the queue empty, so no wake-up is
+    /// lost.
     fn receive(&mut self, now: Instant, fds: &[(usize, AsyncFd<QueueFd>)]) -> usize {
         let Self {
             core,
@@ -254,11 +255,16 @@ impl Engine {
         let mut shed = 0u64;
         let mut cx = Context::from_waker(Waker::noop());
         for (qi, fd) in fds {
-            let Poll::Ready(Ok(mut ready)) = fd.poll_read_ready(&mut cx) else {
-                continue;
-            };
             let q = &mut queues[*qi];
             let via_kernel = !matches!(q.kind(), QueueKind::Xsk { .. });
+            let mut ready = match fd.poll_read_ready(&mut cx) {
+                Poll::Ready(Ok(ready)) => Some(ready),
+                // Looking at an AF_XDP ring costs no system call: what
+                // arrived since the runtime last polled is taken now,
+                // not after another epoll_wait.
+                _ if !via_kernel => None,
+                _ => continue,
+            };
             for _ in 0..BATCHES_PER_PASS {
                 let result = q.recv(&mut |meta, data| {
                     let ecn = meta.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8));
@@ -281,7 +287,9 @@ impl Engine {
                 });
                 match result {
                     Ok(0) => {
-                        ready.clear_ready();
+                        if let Some(ready) = ready.as_mut() {
+                            ready.clear_ready();
+                        }
                         break;
                     }
                     Ok(n) => total += n,

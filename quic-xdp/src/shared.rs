@@ -10,7 +10,6 @@
 //! never contended and every wake-up stays on that thread.
 
 use std::{
-    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -23,6 +22,7 @@ use atomic_waker::AtomicWaker;
 
 use bytes::Bytes;
 use quinn_proto::{ConnectionError, ConnectionHandle, Dir, StreamEvent, StreamId, VarInt};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// Locks `m`, poisoned or not. A panicking engine (see `Endpoint::start`)
 /// must not make every later user of the endpoint panic in turn, least of
@@ -393,8 +393,10 @@ pub(crate) struct ConnState {
     /// The deadline the engine's timer set holds for this connection.
     pub timer: Option<Instant>,
     pub on_connected: Option<Waker>,
-    pub readers: HashMap<StreamId, Waker>,
-    pub writers: HashMap<StreamId, Waker>,
+    // Fx, as quinn-proto's own stream maps: stream IDs are small and the
+    // peer can only open them in order, up to its stream limit.
+    pub readers: FxHashMap<StreamId, Waker>,
+    pub writers: FxHashMap<StreamId, Waker>,
     pub on_opened: [Vec<Waker>; 2],
     pub on_available: [Vec<Waker>; 2],
     /// Waiters that are often cancelled (`select!` on `closed()`, a
@@ -405,7 +407,7 @@ pub(crate) struct ConnState {
     pub on_closed: Arc<tokio::sync::Notify>,
     /// Streams this side finished whose data the peer has not all
     /// acknowledged yet: a close that waits for them loses no response.
-    pub finishing: HashSet<StreamId>,
+    pub finishing: FxHashSet<StreamId>,
     /// A close to carry out once `finishing` is empty.
     pub close_when_flushed: Option<(VarInt, Bytes)>,
     /// When the engine accepted it (the handshake's start).
@@ -429,13 +431,13 @@ impl ConnState {
             pending_transmit: None,
             timer: None,
             on_connected: None,
-            readers: HashMap::new(),
-            writers: HashMap::new(),
+            readers: FxHashMap::default(),
+            writers: FxHashMap::default(),
             on_opened: [Vec::new(), Vec::new()],
             on_available: [Vec::new(), Vec::new()],
             on_datagram: Arc::default(),
             on_closed: Arc::default(),
-            finishing: HashSet::new(),
+            finishing: FxHashSet::default(),
             close_when_flushed: None,
             accepted: Instant::now(),
         }
